@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEPS := $(VENV)/.deps-installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+
+.PHONY: run test test-rust test-python bench wheel build clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): $(BIN)/python requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Builds the extension (release: the same artifacts serve tests, benchmarks and the wheel) and installs flare
+# into .venv in editable mode.
+build: $(DEPS)
+	$(BIN)/maturin develop --release --quiet
+
+run: build
+	$(BIN)/python examples/hello-cellnet/run.py
+
+test: build test-rust test-python
+
+test-rust:
+	cargo test --workspace --release
+	cargo run --quiet --release -p embed-rust
+
+test-python: build wheel
+	$(BIN)/python -m pytest
+
+bench: build
+	$(BIN)/python benches/run_all.py
+
+wheel: $(DEPS)
+	$(BIN)/maturin build --release --quiet --out dist
+
+clean:
+	rm -rf $(VENV) dist target

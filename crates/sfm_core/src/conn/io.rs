@@ -1,0 +1,108 @@
+//! Reading and writing whole frames on a TCP stream.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::frame::{Frame, FrameCodec, FrameType};
+
+use super::ConnError;
+
+/// Read-ahead for small frames; a large frame gets exactly its own size reserved by the codec.
+const READ_AHEAD: usize = 64 * 1024;
+/// Payloads up to this size are copied next to the head and written in one call; larger ones are written from
+/// their own buffer, with no copy.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+pub(super) struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl FrameReader {
+    pub(super) fn new(rd: OwnedReadHalf, max_frame_size: usize) -> Self {
+        FrameReader { rd, buf: BytesMut::new(), codec: FrameCodec::new(max_frame_size) }
+    }
+
+    /// The next frame, or `None` at a clean end of stream.
+    pub(super) async fn next(&mut self) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(READ_AHEAD);
+            }
+            let n = self.rd.read_buf(&mut self.buf).await.map_err(|e| ConnError::Io(e.to_string()))?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ConnError::Io(format!("connection ended inside a frame ({} bytes pending)", self.buf.len())))
+                };
+            }
+        }
+    }
+
+    /// The next frame, which must be of type `kind` (handshake).
+    pub(super) async fn next_of(&mut self, kind: FrameType) -> Result<Frame, ConnError> {
+        match self.next().await? {
+            Some(frame) if frame.frame_type == kind => Ok(frame),
+            Some(frame) => Err(ConnError::Handshake(format!("expected {kind:?}, got {:?}", frame.frame_type))),
+            None => Err(ConnError::Handshake(format!("connection closed while waiting for {kind:?}"))),
+        }
+    }
+}
+
+pub(super) struct FrameWriter {
+    wr: OwnedWriteHalf,
+    max_frame_size: usize,
+    /// Longest a single write call may make no progress.
+    stall_timeout: Duration,
+    sequence: u16,
+    /// Peer name for error messages, known once the handshake is done.
+    pub(super) peer: String,
+}
+
+impl FrameWriter {
+    pub(super) fn new(wr: OwnedWriteHalf, max_frame_size: usize, stall_timeout: Duration) -> Self {
+        FrameWriter { wr, max_frame_size, stall_timeout, sequence: 0, peer: String::new() }
+    }
+
+    /// Writes one frame, numbering it with the connection's sequence counter (first frame = 1, as NVFlare).
+    /// Fails with `SendTimeout` only when the socket accepts nothing for `stall_timeout`: a slow but moving write
+    /// never times out.
+    pub(super) async fn write(&mut self, mut frame: Frame) -> Result<(), ConnError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        frame.sequence = self.sequence;
+        let mut head = frame.encode_head_checked(self.max_frame_size)?;
+        if frame.payload.len() <= COALESCE_LIMIT {
+            head.extend_from_slice(&frame.payload);
+            self.write_all(&head).await
+        } else {
+            self.write_all(&head).await?;
+            self.write_all(&frame.payload).await
+        }
+    }
+
+    async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), ConnError> {
+        while !buf.is_empty() {
+            let n = tokio::time::timeout(self.stall_timeout, self.wr.write(buf))
+                .await
+                .map_err(|_| ConnError::SendTimeout { peer: self.peer.clone(), timeout: self.stall_timeout })?
+                .map_err(|e| ConnError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ConnError::Io("socket accepted no bytes".into()));
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    pub(super) async fn shutdown(&mut self) {
+        let _ = self.wr.shutdown().await;
+    }
+}

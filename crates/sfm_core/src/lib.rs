@@ -1,0 +1,13 @@
+//! flare's transport core: NVFlare-compatible SFM frames, TCP connections with a control lane ahead of a bulk lane,
+//! and cells named by FQCN that route request/reply traffic through a tree of relays.
+//!
+//! This crate knows nothing of Python; `crates/sfm_py` binds it.
+
+pub mod cell;
+pub mod config;
+pub mod conn;
+pub mod driver;
+pub mod frame;
+
+pub use cell::{Cell, Message, ReturnCode};
+pub use config::CommConfig;

@@ -1,0 +1,212 @@
+//! Conversions between Python objects and core types: header values, header dicts, settings, and payload buffers
+//! (borrowed through the buffer protocol, never copied).
+
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple};
+
+use sfm_core::frame::{Headers, Value};
+use sfm_core::CommConfig;
+
+use crate::errors::config_error;
+
+pub fn value_to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Value::Nil => py.None(),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        Value::UInt(u) => u.into_pyobject(py)?.into_any().unbind(),
+        Value::F32(f) => PyFloat::new(py, f64::from(*f)).into_any().unbind(),
+        Value::F64(f) => PyFloat::new(py, *f).into_any().unbind(),
+        Value::Str(s) => PyString::new(py, s).into_any().unbind(),
+        Value::Bin(b) | Value::Ext(_, b) => PyBytes::new(py, b).into_any().unbind(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(value_to_py(py, item)?)?;
+            }
+            list.into_any().unbind()
+        }
+        Value::Map(entries) => {
+            let dict = PyDict::new(py);
+            for (k, v) in entries {
+                dict.set_item(value_to_py(py, k)?, value_to_py(py, v)?)?;
+            }
+            dict.into_any().unbind()
+        }
+    })
+}
+
+pub fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if obj.is_none() {
+        Ok(Value::Nil)
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        Ok(Value::Bool(b.is_true()))
+    } else if obj.is_instance_of::<PyInt>() {
+        match obj.extract::<i64>() {
+            Ok(i) => Ok(Value::Int(i)),
+            Err(_) => Ok(Value::UInt(obj.extract::<u64>()?)),
+        }
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        Ok(Value::F64(f.value()))
+    } else if let Ok(s) = obj.cast::<PyString>() {
+        Ok(Value::Str(s.to_str()?.to_string()))
+    } else if let Ok(b) = obj.cast::<PyBytes>() {
+        Ok(Value::Bin(Bytes::copy_from_slice(b.as_bytes())))
+    } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        obj.try_iter()?.map(|item| py_to_value(&item?)).collect::<PyResult<Vec<_>>>().map(Value::Array)
+    } else if let Ok(d) = obj.cast::<PyDict>() {
+        d.iter().map(|(k, v)| Ok((py_to_value(&k)?, py_to_value(&v)?))).collect::<PyResult<Vec<_>>>().map(Value::Map)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "header values must be None, bool, int, float, str, bytes, list, tuple or dict, not {}",
+            obj.get_type().name()?
+        )))
+    }
+}
+
+pub fn headers_to_py(py: Python<'_>, headers: &Headers) -> PyResult<Py<PyDict>> {
+    let dict = PyDict::new(py);
+    for (k, v) in headers.iter() {
+        dict.set_item(k, value_to_py(py, v)?)?;
+    }
+    Ok(dict.unbind())
+}
+
+pub fn py_to_headers(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Headers> {
+    let mut headers = Headers::new();
+    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(headers) };
+    let dict = obj.cast::<PyDict>().map_err(|_| PyTypeError::new_err("headers must be a dict"))?;
+    for (k, v) in dict.iter() {
+        let key: String = k.extract().map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        headers.insert(key, py_to_value(&v)?);
+    }
+    Ok(headers)
+}
+
+/// Keeps a Python buffer exported while Rust holds its bytes. Releasing a buffer needs the GIL; a transport thread
+/// must never wait for it, so the release is handed to a thread of its own.
+struct BorrowedBuffer(Option<PyBuffer<u8>>);
+
+impl AsRef<[u8]> for BorrowedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        let buf = self.0.as_ref().expect("buffer present until drop");
+        // SAFETY: the buffer is C-contiguous bytes (checked at creation) and stays exported until this owner drops.
+        unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) }
+    }
+}
+
+impl Drop for BorrowedBuffer {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            if releaser().send(buf).is_err() {
+                // The releaser is gone only while the process exits; leaking the export then is harmless.
+                std::mem::forget(self.0.take());
+            }
+        }
+    }
+}
+
+fn releaser() -> &'static mpsc::Sender<PyBuffer<u8>> {
+    static TX: OnceLock<mpsc::Sender<PyBuffer<u8>>> = OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<PyBuffer<u8>>();
+        std::thread::Builder::new()
+            .name("flare-buffer-release".into())
+            .spawn(move || {
+                while let Ok(buf) = rx.recv() {
+                    Python::attach(|_| drop(buf));
+                }
+            })
+            .expect("spawn buffer release thread");
+        tx
+    })
+}
+
+/// Borrows any C-contiguous bytes-like object (bytes, bytearray, memoryview, numpy array, ...) without copying.
+pub fn payload_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(Bytes::new()) };
+    if let Ok(p) = obj.cast::<crate::payload::Payload>() {
+        return Ok(p.get().bytes());
+    }
+    let type_error = || {
+        PyTypeError::new_err(format!(
+            "payload must be a bytes-like object (bytes, bytearray, memoryview, contiguous array), not {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    };
+    let buf = match PyBuffer::<u8>::get(obj) {
+        Ok(buf) => buf,
+        // Buffers of other item types (a float32 array, ...) travel as their raw bytes.
+        Err(_) => PyMemoryView::from(obj)
+            .and_then(|view| view.call_method1("cast", ("B",)))
+            .and_then(|bytes_view| PyBuffer::<u8>::get(&bytes_view))
+            .map_err(|_| type_error())?,
+    };
+    if !buf.is_c_contiguous() {
+        return Err(PyTypeError::new_err("payload buffer must be C-contiguous"));
+    }
+    if buf.len_bytes() == 0 {
+        return Ok(Bytes::new());
+    }
+    Ok(Bytes::from_owner(BorrowedBuffer(Some(buf))))
+}
+
+fn seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    let s: f64 = v.extract().map_err(|_| config_error(name, "must be a number of seconds"))?;
+    Duration::try_from_secs_f64(s).map_err(|_| config_error(name, "must be a non-negative number of seconds"))
+}
+
+fn count(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
+    v.extract().map_err(|_| config_error(name, "must be a non-negative integer"))
+}
+
+/// Builds the core settings from a dict of `{name: value}`; durations are seconds. Unknown names are refused.
+pub fn comm_config_from_py(settings: Option<&Bound<'_, PyDict>>) -> PyResult<CommConfig> {
+    let mut cfg = CommConfig::default();
+    let Some(settings) = settings else { return Ok(cfg) };
+    for (k, v) in settings.iter() {
+        let name: String = k.extract()?;
+        match name.as_str() {
+            "max_frame_size" => cfg.max_frame_size = count(&name, &v)?,
+            "heartbeat_interval" => cfg.heartbeat_interval = seconds(&name, &v)?,
+            "heartbeat_timeout" => cfg.heartbeat_timeout = seconds(&name, &v)?,
+            "streaming_send_timeout" | "send_timeout" => cfg.send_timeout = seconds(&name, &v)?,
+            "connect_timeout" => cfg.connect_timeout = seconds(&name, &v)?,
+            "reconnect_initial_backoff" => cfg.reconnect_initial_backoff = seconds(&name, &v)?,
+            "reconnect_max_backoff" => cfg.reconnect_max_backoff = seconds(&name, &v)?,
+            "tcp_no_delay" => cfg.tcp_no_delay = v.extract().map_err(|_| config_error(&name, "must be a bool"))?,
+            "control_queue_frames" => cfg.control_queue_frames = count(&name, &v)?,
+            "bulk_queue_bytes" => cfg.bulk_queue_bytes = count(&name, &v)?,
+            "max_hops" => cfg.max_hops = count(&name, &v)?,
+            other => return Err(config_error(other, "unknown transport setting")),
+        }
+    }
+    cfg.validate().map_err(|e| config_error(e.name, &e.reason))?;
+    Ok(cfg)
+}
+
+/// The core's defaults, so that the Python settings object shows the same values the transport uses.
+#[pyfunction]
+pub fn default_comm_config(py: Python<'_>) -> PyResult<Py<PyDict>> {
+    let cfg = CommConfig::default();
+    let d = PyDict::new(py);
+    d.set_item("max_frame_size", cfg.max_frame_size)?;
+    d.set_item("heartbeat_interval", cfg.heartbeat_interval.as_secs_f64())?;
+    d.set_item("heartbeat_timeout", cfg.heartbeat_timeout.as_secs_f64())?;
+    d.set_item("streaming_send_timeout", cfg.send_timeout.as_secs_f64())?;
+    d.set_item("connect_timeout", cfg.connect_timeout.as_secs_f64())?;
+    d.set_item("reconnect_initial_backoff", cfg.reconnect_initial_backoff.as_secs_f64())?;
+    d.set_item("reconnect_max_backoff", cfg.reconnect_max_backoff.as_secs_f64())?;
+    d.set_item("tcp_no_delay", cfg.tcp_no_delay)?;
+    d.set_item("control_queue_frames", cfg.control_queue_frames)?;
+    d.set_item("bulk_queue_bytes", cfg.bulk_queue_bytes)?;
+    d.set_item("max_hops", cfg.max_hops)?;
+    Ok(d.unbind())
+}

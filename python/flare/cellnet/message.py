@@ -1,0 +1,114 @@
+"""Cell messages, return codes and the header names NVFlare's cellnet uses."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+Buffer = Any  # any bytes-like object: bytes, bytearray, memoryview, contiguous numpy array, flare._sfm.Payload
+
+
+class ReturnCode(str, Enum):
+    """Outcome of a request (NVFlare's return code strings)."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    INVALID_TARGET = "invalid_target"
+    TARGET_UNREACHABLE = "target_unreachable"
+    COMM_ERROR = "comm_error"
+    MSG_TOO_BIG = "msg_too_big"
+    FILTER_ERROR = "filter_error"
+    INVALID_REQUEST = "invalid_request"
+    PROCESS_EXCEPTION = "process_exception"
+    AUTHENTICATION_ERROR = "authentication_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    INVALID_SESSION = "invalid_session"
+    ABORT_RUN = "abort_run"
+    UNAUTHENTICATED = "unauthenticated"
+
+
+class MessageHeaderKey:
+    """Header names (NVFlare's ``cn__*`` keys)."""
+
+    MSG_TYPE = "cn__msg_type"
+    REQ_ID = "cn__req_id"
+    REPLY_EXPECTED = "cn__reply_expected"
+    TOPIC = "cn__topic"
+    CHANNEL = "cn__channel"
+    ORIGIN = "cn__origin"
+    DESTINATION = "cn__destination"
+    FROM_CELL = "cn__from"
+    TO_CELL = "cn__to"
+    RETURN_CODE = "cn__return_code"
+    ERROR = "cn__error"
+    PAYLOAD_ENCODING = "cn__payload_encoding"
+    ROUTE = "cn__route"
+    RETURN_REASON = "cn__return_reason"
+
+
+class Message:
+    """Headers plus a payload.
+
+    A received payload is a read-only buffer over the received bytes (no copy): use ``memoryview(msg.payload)``,
+    ``bytes(msg.payload)`` or ``numpy.frombuffer(msg.payload, ...)``.
+    """
+
+    __slots__ = ("headers", "payload")
+
+    def __init__(self, headers: dict[str, Any] | None = None, payload: Buffer | None = None):
+        self.headers: dict[str, Any] = dict(headers or {})
+        self.payload = payload
+
+    @classmethod
+    def reply(cls, return_code: ReturnCode | str = ReturnCode.OK, error: str = "", payload: Buffer | None = None):
+        """A reply with a return code, for handlers that need to say more than "ok"."""
+        headers = {MessageHeaderKey.RETURN_CODE: ReturnCode(return_code).value}
+        if error:
+            headers[MessageHeaderKey.ERROR] = error
+        return cls(headers, payload)
+
+    @property
+    def return_code(self) -> ReturnCode | str:
+        rc = self.headers.get(MessageHeaderKey.RETURN_CODE, ReturnCode.OK.value)
+        try:
+            return ReturnCode(rc)
+        except ValueError:
+            return rc
+
+    @property
+    def ok(self) -> bool:
+        return self.return_code == ReturnCode.OK
+
+    @property
+    def error(self) -> str:
+        return self.headers.get(MessageHeaderKey.ERROR) or ""
+
+    def get_header(self, key: str, default: Any = None) -> Any:
+        return self.headers.get(key, default)
+
+    @property
+    def channel(self) -> str | None:
+        return self.headers.get(MessageHeaderKey.CHANNEL)
+
+    @property
+    def topic(self) -> str | None:
+        return self.headers.get(MessageHeaderKey.TOPIC)
+
+    @property
+    def origin(self) -> str | None:
+        return self.headers.get(MessageHeaderKey.ORIGIN)
+
+    def raise_for_status(self) -> Message:
+        """Raises if the return code is not OK; returns the message otherwise."""
+        from flare.cellnet.cell import error_for_reply
+
+        if not self.ok:
+            raise error_for_reply(self)
+        return self
+
+    def __repr__(self) -> str:
+        size = len(self.payload) if self.payload is not None else 0
+        return f"Message(rc={self.headers.get(MessageHeaderKey.RETURN_CODE, 'ok')!r}, payload={size} bytes)"
+
+
+__all__ = ["Message", "MessageHeaderKey", "ReturnCode"]

@@ -1,0 +1,98 @@
+"""Settings. One object per concern, NVFlare's names, documented defaults, environment overrides.
+
+Every transport setting can be overridden by the environment as ``NVFLARE_<NAME>`` (NVFlare's convention, so
+existing deployments keep working) or ``FLARE_<NAME>``; the latter wins. Explicit arguments win over both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from flare import _sfm
+from flare.errors import ConfigError
+
+_CORE_DEFAULTS: dict[str, Any] = _sfm.default_comm_config()
+
+
+@dataclass(frozen=True)
+class CommSettings:
+    """Transport settings of one cell. Durations are in seconds.
+
+    Attributes
+    ----------
+    max_frame_size:
+        Largest frame sent or accepted; a prefix announcing more is refused before any allocation
+        (default 2 GiB - 2 MiB, NVFlare's limit).
+    heartbeat_interval:
+        Idle time after which a connection sends a PING (default 60).
+    heartbeat_timeout:
+        Silence after which a peer is declared dead and its connection closed (default 180). PINGs are answered by
+        transport threads, so Python code holding the GIL does not make its process look dead.
+    streaming_send_timeout:
+        Longest a frame write may make no progress before its connection is closed (default 30).
+    connect_timeout:
+        TCP connect plus handshake (default 10).
+    reconnect_initial_backoff, reconnect_max_backoff:
+        A child's wait before reconnecting to its parent, doubling from the first to the second (default 1 and 10).
+    tcp_no_delay:
+        Disable Nagle's algorithm (default True).
+    control_queue_frames:
+        Frames that may wait in a connection's control lane (default 1024).
+    bulk_queue_bytes:
+        Payload bytes that may wait in a connection's bulk lane (default 64 MiB).
+    max_hops:
+        Cells a message may cross before it is dropped as a routing loop (default 16).
+    callback_pool_size:
+        Threads that run this cell's Python callbacks (default 8).
+    """
+
+    max_frame_size: int = _CORE_DEFAULTS["max_frame_size"]
+    heartbeat_interval: float = _CORE_DEFAULTS["heartbeat_interval"]
+    heartbeat_timeout: float = _CORE_DEFAULTS["heartbeat_timeout"]
+    streaming_send_timeout: float = _CORE_DEFAULTS["streaming_send_timeout"]
+    connect_timeout: float = _CORE_DEFAULTS["connect_timeout"]
+    reconnect_initial_backoff: float = _CORE_DEFAULTS["reconnect_initial_backoff"]
+    reconnect_max_backoff: float = _CORE_DEFAULTS["reconnect_max_backoff"]
+    tcp_no_delay: bool = _CORE_DEFAULTS["tcp_no_delay"]
+    control_queue_frames: int = _CORE_DEFAULTS["control_queue_frames"]
+    bulk_queue_bytes: int = _CORE_DEFAULTS["bulk_queue_bytes"]
+    max_hops: int = _CORE_DEFAULTS["max_hops"]
+    callback_pool_size: int = 8
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> CommSettings:
+        """Defaults, then ``NVFLARE_<NAME>`` / ``FLARE_<NAME>`` from the environment, then ``overrides``."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, field in known.items():
+            for prefix in ("NVFLARE_", "FLARE_"):
+                raw = os.environ.get(prefix + name.upper())
+                if raw is not None:
+                    values[name] = _parse(name, raw, field.type)
+        for name, value in overrides.items():
+            if name not in known:
+                raise ConfigError(f"unknown transport setting {name!r}; known: {', '.join(sorted(known))}")
+            values[name] = value
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        raise ConfigError(f"environment setting {name.upper()}={raw!r} is not a valid {kind}") from None
+
+
+__all__ = ["CommSettings"]
