@@ -13,6 +13,8 @@ use super::ConnError;
 pub const ENDPOINT_NAME: &str = "endpoint_name";
 /// Handshake key of the sender's wall clock (`HandshakeKeys.TIMESTAMP`).
 pub const TIMESTAMP: &str = "timestamp";
+/// A handshake carries a name and a few properties; anything larger is refused before it is decoded.
+const MAX_HANDSHAKE_PAYLOAD: usize = 64 * 1024;
 /// NVFlare sends handshake frames on stream 1.
 const HANDSHAKE_STREAM_ID: u16 = 1;
 
@@ -47,6 +49,9 @@ pub(super) fn handshake_frame(kind: FrameType, local: &LocalEndpoint) -> Frame {
 /// Reads the peer's name and properties from a HELLO or READY payload and checks the name.
 pub(super) fn parse_peer(frame: &Frame, local_name: &str) -> Result<(String, Headers), ConnError> {
     let bad = |reason: String| ConnError::Handshake(reason);
+    if frame.payload.len() > MAX_HANDSHAKE_PAYLOAD {
+        return Err(bad(format!("{:?} payload of {} bytes is too large", frame.frame_type, frame.payload.len())));
+    }
     let value = decode_value(&frame.payload).map_err(|e| bad(format!("bad {:?} payload: {e}", frame.frame_type)))?;
     let Value::Map(entries) = value else {
         return Err(bad(format!("{:?} payload is not a map", frame.frame_type)));
