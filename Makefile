@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
+# NVFlare itself, a test-only peer, in a venv of its own so that flare never imports it. Only what its TCP cell
+# needs is installed (the peer script skips nvflare/__init__.py and the job stack it pulls in).
+NVFLARE_VENV := .venv-nvflare
+NVFLARE_VERSION := 2.7.2
+NVFLARE := $(NVFLARE_VENV)/.installed-$(NVFLARE_VERSION)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: run test test-rust test-python bench wheel build clean
@@ -12,6 +17,12 @@ $(BIN)/python:
 
 $(DEPS): $(BIN)/python requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NVFLARE):
+	$(PYTHON) -m venv $(NVFLARE_VENV)
+	$(NVFLARE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		nvflare==$(NVFLARE_VERSION) msgpack cryptography cffi
 	touch $@
 
 # Builds the extension (release: the same artifacts serve tests, benchmarks and the wheel) and installs flare
@@ -28,7 +39,7 @@ test-rust:
 	cargo test --workspace --release
 	cargo run --quiet --release -p embed-rust
 
-test-python: build wheel
+test-python: build wheel $(NVFLARE)
 	$(BIN)/python -m pytest
 
 bench: build
@@ -38,4 +49,4 @@ wheel: $(DEPS)
 	$(BIN)/maturin build --release --quiet --out dist
 
 clean:
-	rm -rf $(VENV) dist target
+	rm -rf $(VENV) $(NVFLARE_VENV) dist target

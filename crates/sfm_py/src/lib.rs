@@ -12,9 +12,17 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _sfm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    init_logging();
     m.add_class::<cell::PyCell>()?;
     m.add_class::<payload::Payload>()?;
     m.add_function(wrap_pyfunction!(runtime::configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(convert::default_comm_config, m)?)?;
     Ok(())
+}
+
+/// Transport logs go to stderr, filtered by `FLARE_LOG` (e.g. `info`, `sfm_core=debug`; default `warn`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLARE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -20,7 +20,7 @@ impl CellInner {
     /// delivered locally), or the error reply to give the requester.
     pub(super) async fn send_message(self: &Arc<Self>, mut msg: Message, deadline: Instant) -> Result<Option<String>, Message> {
         let target = msg.header_str(keys::DESTINATION).unwrap_or_default().to_string();
-        let hop = self.routes.lock().expect("routes lock").next_hop(&target);
+        let hop = self.wait_for_route(&target, deadline).await;
         match hop {
             Hop::Local => {
                 self.handle_incoming(msg, None);
@@ -40,6 +40,28 @@ impl CellInner {
                 let frame = Frame::data(CELL_APP_ID, conn.next_stream_id(), msg.headers, msg.payload);
                 conn.send_frame(frame, lane, deadline).await.map_err(|e| send_error_reply(e, &target))?;
                 Ok(Some(peer))
+            }
+        }
+    }
+
+    /// The next hop to `target`. While the link to the parent is down (not yet up, or reconnecting), a target
+    /// that only the parent could reach is waited for, until `deadline`, instead of failing at once.
+    async fn wait_for_route(&self, target: &str, deadline: Instant) -> Hop {
+        let mut topology = self.topology.subscribe();
+        loop {
+            let (hop, parent_down) = {
+                let routes = self.routes.lock().expect("routes lock");
+                (routes.next_hop(target), routes.parent().is_none())
+            };
+            let waiting_for_parent = parent_down
+                && self.parent_link.load(std::sync::atomic::Ordering::Relaxed)
+                && !*self.shutdown.borrow();
+            if !matches!(hop, Hop::Unreachable(_)) || !waiting_for_parent {
+                return hop;
+            }
+            match tokio::time::timeout_at(deadline, topology.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return hop,
             }
         }
     }

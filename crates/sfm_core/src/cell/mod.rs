@@ -15,6 +15,7 @@ pub use message::{encoding, keys, msg_type, Message, ReturnCode};
 pub use router::{Hop, RoutingTable};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -115,6 +116,8 @@ pub(crate) struct CellInner {
     /// Bumped on every change of the reachable set, so waiters can watch it.
     topology: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
+    /// Set once `connect` has started the link to a parent.
+    parent_link: AtomicBool,
     listen_urls: Mutex<Vec<Url>>,
 }
 
@@ -160,6 +163,7 @@ impl Cell {
             peer_callbacks: RwLock::new(Vec::new()),
             topology: watch::channel(0).0,
             shutdown: watch::channel(false).0,
+            parent_link: AtomicBool::new(false),
             listen_urls: Mutex::new(Vec::new()),
         };
         let cell = Cell { inner: Arc::new(inner) };
@@ -193,6 +197,7 @@ impl Cell {
     pub fn connect(&self, url: &str) -> Result<(), CellError> {
         self.inner.ensure_open()?;
         Url::parse(url)?;
+        self.inner.parent_link.store(true, Ordering::Relaxed);
         self.inner.handle.spawn(peers::connect_loop(self.inner.clone(), url.to_string()));
         Ok(())
     }

@@ -23,6 +23,14 @@ const FOREIGN_PEER_SETTLE: Duration = Duration::from_millis(200);
 struct CellSink(Weak<CellInner>);
 
 impl FrameSink for CellSink {
+    fn on_open(&self, conn: &Connection) {
+        let Some(cell) = self.0.upgrade() else { return };
+        // A parent that is not a flare cell is registered by `connect_loop` after a pause (see there).
+        if conn.side() == Side::Passive || is_flare_peer(conn) {
+            cell.add_connection(conn.clone(), conn.side() == Side::Active);
+        }
+    }
+
     fn on_frame(&self, conn: &Connection, frame: Frame) {
         if let Some(cell) = self.0.upgrade() {
             cell.handle_incoming(Message::new(frame.headers, frame.payload), Some(conn.peer_name()));
@@ -40,6 +48,10 @@ fn sink(cell: &Arc<CellInner>) -> Arc<dyn FrameSink> {
     Arc::new(CellSink(Arc::downgrade(cell)))
 }
 
+fn is_flare_peer(conn: &Connection) -> bool {
+    conn.peer_properties().get(ROUTING_PROPERTY).and_then(Value::as_bool) == Some(true)
+}
+
 pub(super) async fn accept_loop(cell: Arc<CellInner>, listener: TcpListener) {
     let mut shutdown = cell.shutdown.subscribe();
     loop {
@@ -52,7 +64,7 @@ pub(super) async fn accept_loop(cell: Arc<CellInner>, listener: TcpListener) {
                 let cell = cell.clone();
                 tokio::spawn(async move {
                     match Connection::establish(stream, Side::Passive, &cell.local, &cell.config, sink(&cell)).await {
-                        Ok(conn) => cell.add_connection(conn, false),
+                        Ok(_registered_in_on_open) => {}
                         Err(e) => tracing::warn!(cell = %cell.fqcn, %addr, "incoming connection refused: {e}"),
                     }
                 });
@@ -82,13 +94,13 @@ pub(super) async fn connect_loop(cell: Arc<CellInner>, url: String) {
         };
         match attempt.await {
             Ok(conn) => {
-                if conn.peer_properties().get(ROUTING_PROPERTY).is_none() {
+                if !is_flare_peer(&conn) {
                     // An NVFlare listener registers us only after it has sent READY, on a thread pool: a frame sent
-                    // the instant READY arrives can be dropped. Give it a moment.
+                    // the instant READY arrives can be dropped. Give it a moment before anything is sent.
                     tokio::time::sleep(FOREIGN_PEER_SETTLE).await;
+                    cell.add_connection(conn.clone(), true);
                 }
                 let up_since = Instant::now();
-                cell.add_connection(conn.clone(), true);
                 tokio::select! {
                     _ = conn.closed() => {}
                     _ = shutdown.wait_for(|s| *s) => return conn.close("cell closed"),
@@ -110,13 +122,13 @@ pub(super) async fn connect_loop(cell: Arc<CellInner>, url: String) {
 }
 
 impl CellInner {
-    fn add_connection(self: &Arc<Self>, conn: Connection, is_parent: bool) {
+    pub(super) fn add_connection(self: &Arc<Self>, conn: Connection, is_parent: bool) {
         let name = conn.peer_name().to_string();
         if *self.shutdown.borrow() {
             return conn.close("cell closed");
         }
         let replaced = self.conns.lock().expect("conns lock").insert(name.clone(), conn.clone());
-        if let Some(old) = replaced {
+        if let Some(old) = replaced.filter(|old| old.id() != conn.id()) {
             old.close("replaced by a newer connection from the same cell");
         }
         self.routes.lock().expect("routes lock").add_peer(&name, is_parent);
@@ -187,7 +199,7 @@ impl CellInner {
         let Some(parent) = parent else { return };
         let conn = self.conns.lock().expect("conns lock").get(&parent).cloned();
         let Some(conn) = conn else { return };
-        if conn.peer_properties().get(ROUTING_PROPERTY).and_then(Value::as_bool) != Some(true) {
+        if !is_flare_peer(&conn) {
             return;
         }
         let names = |list: &[String]| Value::Array(list.iter().map(|n| Value::from(n.as_str())).collect());

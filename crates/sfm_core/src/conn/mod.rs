@@ -49,6 +49,9 @@ pub enum ConnError {
 
 /// Receives what a connection reads. Implementations must return quickly: they run on the reader task.
 pub trait FrameSink: Send + Sync + 'static {
+    /// Called once the handshake is done and before the first frame is read, so that the owner can register the
+    /// connection before anything that arrives on it needs an answer.
+    fn on_open(&self, _conn: &Connection) {}
     fn on_frame(&self, conn: &Connection, frame: Frame);
     /// Called exactly once, when the connection closes for any reason.
     fn on_closed(&self, conn: &Connection, reason: &str);
@@ -149,6 +152,7 @@ impl Connection {
                 closed,
             }),
         };
+        sink.on_open(&conn);
         tokio::spawn(conn.clone().run_writer(writer, control_rx, bulk_rx));
         tokio::spawn(conn.clone().run_reader(reader, sink.clone()));
         tokio::spawn(conn.clone().run_keepalive(sink));

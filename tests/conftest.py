@@ -1,0 +1,108 @@
+"""Shared fixtures: peer processes that are always cleaned up, and the NVFlare interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NVFLARE_PYTHON = Path(os.environ.get("FLARE_NVFLARE_PYTHON", ROOT / ".venv-nvflare" / "bin" / "python"))
+
+
+class Peer:
+    """A child process that speaks JSON lines on stdout and stops when its stdin closes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink) -> None:
+        for line in stream:
+            sink(line)
+
+    def expect(self, event: str, timeout: float = 30.0) -> dict:
+        """Waits for the next JSON line whose ``event`` is ``event``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.argv[1:3]}: no {event!r} event in {timeout}s; stderr:\n{self.tail()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == event:
+                return record
+            if record.get("event") == "error":
+                raise AssertionError(f"peer error: {record}; stderr:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        return "".join(self.stderr[-n:])
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGCONT)
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, OSError):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def peers():
+    """Starts peers with ``peers(argv)``; every one is stopped when the test ends, whatever happened."""
+    started: list[Peer] = []
+
+    def start(argv: list[str], env: dict[str, str] | None = None) -> Peer:
+        peer = Peer(argv, env)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in reversed(started):
+        peer.stop()
+
+
+def cell_node(fqcn: str, *, listen: str | None = None, parent: str | None = None, **opts) -> list[str]:
+    argv = [sys.executable, str(ROOT / "tests" / "peers" / "cell_node.py"), "--fqcn", fqcn]
+    if listen:
+        argv += ["--listen", listen]
+    if parent:
+        argv += ["--parent", parent]
+    for k, v in opts.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
+@pytest.fixture(scope="session")
+def nvflare_python() -> Path:
+    """The interpreter of the test-only NVFlare install (made by ``make test``)."""
+    if not NVFLARE_PYTHON.exists():
+        pytest.fail(f"{NVFLARE_PYTHON} is missing: run `make test`, which installs the test-only nvflare package")
+    return NVFLARE_PYTHON
