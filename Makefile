@@ -40,6 +40,7 @@ test-rust:
 	cargo run --quiet --release -p embed-rust
 
 test-python: build wheel $(NVFLARE)
+	$(BIN)/python -m mypy.stubtest flare._sfm
 	$(BIN)/python -m pytest
 
 bench: build

@@ -1,0 +1,74 @@
+"""Bindings of flare's Rust transport core. Use `flare.cellnet`; this module is its engine."""
+
+from collections.abc import Callable
+from typing import Any, final
+
+__version__: str
+__all__ = ["Cell", "Payload", "__version__", "configure_runtime", "default_comm_config"]
+
+_HeadersDict = dict[str, Any]
+
+@final
+class Payload:
+    """A received payload: a read-only buffer over the received bytes (no copy)."""
+
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class Cell:
+    """A core cell. `settings` holds transport settings (seconds for durations) and `callback_pool_size`."""
+
+    def __new__(cls, fqcn: str, settings: dict[str, Any] | None = None) -> Cell: ...
+    @property
+    def fqcn(self) -> str: ...
+    def listen(self, url: str) -> str:
+        """Listens for children on `url`; returns the bound URL (port 0 picks one)."""
+    def connect(self, url: str) -> None:
+        """Connects to a parent in the background; reconnects with backoff when the link drops."""
+    def register_request_cb(
+        self, channel: str, topic: str, callback: Callable[[_HeadersDict, Payload], tuple[Any, Any] | None]
+    ) -> None:
+        """`callback(headers, payload) -> None | (headers | None, payload | None)`, run on the callback pool."""
+    def on_peer_event(self, callback: Callable[[str, str, str], None]) -> None:
+        """`callback(event, name, reason)` with event "up" or "down", run on the callback pool."""
+    def request(
+        self,
+        target: str,
+        channel: str,
+        topic: str,
+        payload: Any = None,
+        headers: _HeadersDict | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[_HeadersDict, Payload]:
+        """Sends a request; returns the reply's headers and payload. `cn__return_code` says how it went."""
+    def broadcast(
+        self,
+        targets: list[str],
+        channel: str,
+        topic: str,
+        payload: Any = None,
+        headers: _HeadersDict | None = None,
+        timeout: float = 10.0,
+    ) -> list[tuple[str, tuple[_HeadersDict, Payload]]]:
+        """Sends one request to each target concurrently."""
+    def fire_and_forget(
+        self,
+        targets: list[str],
+        channel: str,
+        topic: str,
+        payload: Any = None,
+        headers: _HeadersDict | None = None,
+    ) -> list[tuple[str, str]]:
+        """Sends without waiting for replies; per target "" or the reason it was not sent."""
+    def peers(self) -> list[str]: ...
+    def reachable(self) -> list[str]: ...
+    def wait_for_peer(self, name: str, timeout: float) -> bool: ...
+    def close(self) -> None: ...
+
+def configure_runtime(worker_threads: int) -> None:
+    """Sets the number of transport threads, before the first cell of the process starts."""
+
+def default_comm_config() -> dict[str, Any]:
+    """The transport's default settings."""
