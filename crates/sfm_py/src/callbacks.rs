@@ -1,29 +1,27 @@
 //! The callback pool: threads of their own that run Python callbacks, so that transport threads never wait for
 //! the GIL. Transport threads only push jobs onto a queue.
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use crossbeam_channel::Sender;
 use pyo3::prelude::*;
 
 type Job = Box<dyn FnOnce(Python<'_>) + Send>;
 
 pub struct CallbackPool {
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    tx: Mutex<Option<Sender<Job>>>,
 }
 
 impl CallbackPool {
     pub fn new(size: usize, name: &str) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        // A multi-consumer queue: idle workers take jobs without contending on a lock.
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..size.max(1) {
             let rx = rx.clone();
-            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || loop {
-                let job = match rx.lock().expect("pool queue lock").recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                };
-                Python::attach(|py| job(py));
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    Python::attach(|py| job(py));
+                }
             })?;
         }
         Ok(CallbackPool { tx: Mutex::new(Some(tx)) })

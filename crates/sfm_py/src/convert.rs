@@ -96,18 +96,21 @@ struct BorrowedBuffer(Option<PyBuffer<u8>>);
 
 impl AsRef<[u8]> for BorrowedBuffer {
     fn as_ref(&self) -> &[u8] {
-        let buf = self.0.as_ref().expect("buffer present until drop");
-        // SAFETY: the buffer is C-contiguous bytes (checked at creation) and stays exported until this owner drops.
-        unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) }
+        buffer_bytes(self.0.as_ref().expect("buffer present until drop"))
     }
+}
+
+fn buffer_bytes(buf: &PyBuffer<u8>) -> &[u8] {
+    // SAFETY: the buffer is C-contiguous bytes (checked at creation) and stays exported while `buf` lives.
+    unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) }
 }
 
 impl Drop for BorrowedBuffer {
     fn drop(&mut self) {
         if let Some(buf) = self.0.take() {
-            if releaser().send(buf).is_err() {
+            if let Err(mpsc::SendError(buf)) = releaser().send(buf) {
                 // The releaser is gone only while the process exits; leaking the export then is harmless.
-                std::mem::forget(self.0.take());
+                std::mem::forget(buf);
             }
         }
     }
@@ -121,6 +124,12 @@ fn releaser() -> &'static mpsc::Sender<PyBuffer<u8>> {
             .name("flare-buffer-release".into())
             .spawn(move || {
                 while let Ok(buf) = rx.recv() {
+                    // SAFETY: a plain query of interpreter state, valid at any time.
+                    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+                        // The interpreter is gone (process exit): nothing to release into.
+                        std::mem::forget(buf);
+                        continue;
+                    }
                     Python::attach(|_| drop(buf));
                 }
             })
@@ -128,6 +137,9 @@ fn releaser() -> &'static mpsc::Sender<PyBuffer<u8>> {
         tx
     })
 }
+
+/// Payloads up to this size are copied rather than borrowed.
+const COPY_BELOW: usize = 16 * 1024;
 
 /// Borrows any C-contiguous bytes-like object (bytes, bytearray, memoryview, numpy array, ...) without copying.
 pub fn payload_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
@@ -152,8 +164,10 @@ pub fn payload_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
     if !buf.is_c_contiguous() {
         return Err(PyTypeError::new_err("payload buffer must be C-contiguous"));
     }
-    if buf.len_bytes() == 0 {
-        return Ok(Bytes::new());
+    if buf.len_bytes() <= COPY_BELOW {
+        // Small payloads are copied (the writer coalesces them with the frame head anyway), which spares a
+        // hand-off to the release thread per message.
+        return Ok(Bytes::copy_from_slice(buffer_bytes(&buf)));
     }
     Ok(Bytes::from_owner(BorrowedBuffer(Some(buf))))
 }

@@ -2,16 +2,41 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::frame::{Frame, FrameCodec, FrameType};
+use crate::frame::{Frame, FrameCodec, FrameType, Prefix, PREFIX_LEN};
 
 use super::ConnError;
 
 /// Read-ahead for small frames; a large frame gets exactly its own size reserved by the codec.
 const READ_AHEAD: usize = 64 * 1024;
+/// Buffers at least this large ask the kernel for transparent huge pages: a 64 MiB frame then costs tens of page
+/// faults instead of tens of thousands.
+const HUGE_PAGE_THRESHOLD: usize = 4 * 1024 * 1024;
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buf: &mut BytesMut) {
+    const HUGE_PAGE: usize = 2 * 1024 * 1024;
+    if buf.capacity() < HUGE_PAGE_THRESHOLD {
+        return;
+    }
+    let start = buf.as_mut_ptr() as usize;
+    let aligned = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+    let end = (start + buf.capacity()) & !(HUGE_PAGE - 1);
+    if end > aligned {
+        // SAFETY: the range lies inside the allocation `buf` owns; MADV_HUGEPAGE changes no contents. A failure
+        // (kernel without THP) is harmless, so its result is ignored.
+        unsafe {
+            libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buf: &mut BytesMut) {}
+
 /// Payloads up to this size are copied next to the head and written in one call; larger ones are written from
 /// their own buffer, with no copy.
 const COALESCE_LIMIT: usize = 16 * 1024;
@@ -30,14 +55,20 @@ impl FrameReader {
     /// The next frame, or `None` at a clean end of stream.
     pub(super) async fn next(&mut self) -> Result<Option<Frame>, ConnError> {
         loop {
+            if self.buf.len() >= PREFIX_LEN {
+                let prefix = Prefix::decode(&self.buf[..PREFIX_LEN])?;
+                prefix.validate(self.codec.max_frame_size())?;
+                if prefix.length as usize > READ_AHEAD {
+                    return self.read_large(prefix).await.map(Some);
+                }
+            }
             if let Some(frame) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(READ_AHEAD);
             }
-            let n = self.rd.read_buf(&mut self.buf).await.map_err(|e| ConnError::Io(e.to_string()))?;
-            if n == 0 {
+            if self.fill().await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -45,6 +76,32 @@ impl FrameReader {
                 };
             }
         }
+    }
+
+    async fn fill(&mut self) -> Result<usize, ConnError> {
+        self.rd.read_buf(&mut self.buf).await.map_err(|e| ConnError::Io(e.to_string()))
+    }
+
+    /// A frame larger than the read-ahead gets a buffer of exactly its own size, which becomes the payload the
+    /// application holds: the shared read-ahead buffer never grows to the size of the largest frame seen.
+    async fn read_large(&mut self, prefix: Prefix) -> Result<Frame, ConnError> {
+        let body_len = prefix.body_len();
+        let _ = self.buf.split_to(PREFIX_LEN);
+        let mut body = BytesMut::with_capacity(body_len);
+        advise_huge_pages(&mut body);
+        let already = self.buf.len().min(body_len);
+        body.extend_from_slice(&self.buf.split_to(already));
+        while body.len() < body_len {
+            let want = body_len - body.len();
+            let n = self.rd.read_buf(&mut (&mut body).limit(want)).await.map_err(|e| ConnError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ConnError::Io(format!(
+                    "connection ended inside a frame ({} of {body_len} bytes received)",
+                    body.len()
+                )));
+            }
+        }
+        Ok(FrameCodec::decode_body(&prefix, body.freeze())?)
     }
 
     /// The next frame, which must be of type `kind` (handshake).
