@@ -159,7 +159,8 @@ async fn unknown_target_fails_fast_naming_it() {
     let t = tree().await;
     let timeout = Duration::from_secs(10);
     // Unknown at the server itself, after climbing to it from a leaf, and below the relay (a name in its family).
-    let cases = [(&t.server, "site-99"), (&t.site1, "nosuch.cell"), (&t.server, "relay-1.site-9"), (&t.job7, "site-42")];
+    let cases =
+        [(&t.server, "site-99"), (&t.site1, "nosuch.cell"), (&t.server, "relay-1.site-9"), (&t.job7, "site-42")];
     for (from, target) in cases {
         let started = Instant::now();
         let r = echo(from, target, b"ping", timeout).await;

@@ -25,7 +25,8 @@ const FIXTURES: [&str; 11] = [
 ];
 
 fn raw(name: &str) -> Bytes {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", "nvflare", &format!("{name}.bin")].iter().collect();
+    let path: PathBuf =
+        [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", "nvflare", &format!("{name}.bin")].iter().collect();
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())))
 }
 
@@ -83,7 +84,11 @@ fn prefix_fields_match_the_readme() {
         assert_eq!(prefix.reserved, 0, "{name}");
         assert_eq!(prefix.flags, 0, "{name}");
         assert_eq!(prefix.kind(), kind, "{name}");
-        assert_eq!((frame.frame_type, frame.app_id, frame.stream_id, frame.sequence), (kind, app_id, stream_id, sequence), "{name}");
+        assert_eq!(
+            (frame.frame_type, frame.app_id, frame.stream_id, frame.sequence),
+            (kind, app_id, stream_id, sequence),
+            "{name}"
+        );
         assert_eq!(frame.flags, 0, "{name}");
         if kind == FrameType::Data {
             assert!(prefix.header_len > 0, "{name}: DATA frames carry headers");
@@ -103,7 +108,11 @@ fn handshake_payloads_name_the_endpoint() {
         assert_eq!(keys, ["endpoint_name", "timestamp", "fqcn"], "{name}");
         assert_eq!(body.get("endpoint_name").and_then(Value::as_str), Some(endpoint), "{name}");
         assert_eq!(body.get("fqcn").and_then(Value::as_str), Some(endpoint), "{name}");
-        assert!(matches!(body.get("timestamp"), Some(Value::F64(t)) if *t > 1.7e9), "{name}: {:?}", body.get("timestamp"));
+        assert!(
+            matches!(body.get("timestamp"), Some(Value::F64(t)) if *t > 1.7e9),
+            "{name}: {:?}",
+            body.get("timestamp")
+        );
         // The payload value, re-encoded alone, is byte-exact as well.
         let mut again = BytesMut::new();
         encode_value(&body, &mut again);
@@ -133,7 +142,11 @@ fn check_cell_headers(name: &str, h: &Headers) {
     for key in ["cn__secure", "cn__optional", "cn__reply_expected"] {
         assert!(h.get(key).is_none_or(|v| v.as_bool().is_some()), "{name}: {key} is {:?}", h.get(key));
     }
-    assert!(matches!(h.get("cn__send_time"), Some(Value::F64(_))), "{name}: cn__send_time {:?}", h.get("cn__send_time"));
+    assert!(
+        matches!(h.get("cn__send_time"), Some(Value::F64(_))),
+        "{name}: cn__send_time {:?}",
+        h.get("cn__send_time")
+    );
     assert!(h.get("cn__payload_len").and_then(Value::as_i64).is_some(), "{name}: cn__payload_len");
     let route = h.get("cn__route").and_then(Value::as_array).unwrap_or_else(|| panic!("{name}: cn__route"));
     assert!(!route.is_empty(), "{name}: empty route");

@@ -101,6 +101,8 @@ struct Waiter {
     tx: oneshot::Sender<Message>,
     /// The direct peer the request left through, so that losing it fails the request at once.
     via: Option<String>,
+    /// Where the request goes, so that losing the route to it (a leaf behind a relay) fails the request at once.
+    target: String,
 }
 
 pub(crate) struct CellInner {
@@ -385,7 +387,7 @@ impl CellInner {
         let req_id = new_request_id();
         let msg = self.new_message(target, channel, topic, headers, payload, Some(&req_id));
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().expect("waiters lock").insert(req_id.clone(), Waiter { tx, via: None });
+        self.waiters.lock().expect("waiters lock").insert(req_id.clone(), Waiter { tx, via: None, target: target.to_string() });
         // Removes the waiter however this future ends, dropped by a caller included.
         let _guard = WaiterGuard { cell: self, req_id: &req_id };
         match self.send_message(msg, deadline).await {

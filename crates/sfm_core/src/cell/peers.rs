@@ -177,6 +177,28 @@ impl CellInner {
         }
     }
 
+    /// Fails the requests sent through `via` to a cell it no longer reaches (or to a descendant of one): their
+    /// replies have no way back, so the requesters learn it now rather than at their timeout.
+    fn fail_waiters_routed(&self, via: &str, removed: &[String], reason: &str) {
+        if removed.is_empty() {
+            return;
+        }
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        let lost = |w: &super::Waiter| {
+            w.via.as_deref() == Some(via)
+                && removed.iter().any(|r| *r == w.target || super::fqcn::is_ancestor(r, &w.target))
+        };
+        let ids: Vec<String> = waiters.iter().filter(|(_, w)| lost(w)).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            if let Some(w) = waiters.remove(&id) {
+                let _ = w.tx.send(Message::error_reply(
+                    super::ReturnCode::CommError,
+                    format!("route to {:?} lost while waiting for the reply: {reason}", w.target),
+                ));
+            }
+        }
+    }
+
     fn notify(&self, events: Vec<PeerEvent>) {
         self.topology.send_modify(|v| *v += 1);
         let callbacks = self.peer_callbacks.read().expect("callbacks lock").clone();
@@ -243,6 +265,7 @@ impl CellInner {
         }
         self.advertise(&added, &removed);
         let reason = format!("{from:?} lost its route");
+        self.fail_waiters_routed(from, &removed, &reason);
         let mut events: Vec<PeerEvent> = added.into_iter().map(PeerEvent::Up).collect();
         events.extend(removed.into_iter().map(|name| PeerEvent::Down { name, reason: reason.clone() }));
         if !events.is_empty() {

@@ -79,11 +79,7 @@ pub fn serve_echo(cell: &Cell) {
                 .headers
                 .get("cn__route")
                 .and_then(Value::as_array)
-                .map(|hops| {
-                    hops.iter()
-                        .filter_map(|h| h.as_array().and_then(|h| h.first()).cloned())
-                        .collect()
-                })
+                .map(|hops| hops.iter().filter_map(|h| h.as_array().and_then(|h| h.first()).cloned()).collect())
                 .unwrap_or_default();
             let mut headers = Headers::new();
             headers.insert(ANSWERED_BY, me.as_str());
