@@ -220,7 +220,7 @@ impl CellInner {
 
 fn send_error_reply(err: ConnError, target: &str) -> Message {
     let rc = match &err {
-        ConnError::SendTimeout { .. } => ReturnCode::Timeout,
+        ConnError::SendTimeout { .. } | ConnError::WriteStalled { .. } => ReturnCode::Timeout,
         ConnError::Frame(FrameError::TooLarge { .. }) | ConnError::Frame(FrameError::HeadersTooLarge(_)) => {
             ReturnCode::MsgTooBig
         }

@@ -130,7 +130,7 @@ impl FrameWriter {
     }
 
     /// Writes one frame, numbering it with the connection's sequence counter (first frame = 1, as NVFlare).
-    /// Fails with `SendTimeout` only when the socket accepts nothing for `stall_timeout`: a slow but moving write
+    /// Fails with `WriteStalled` only when the socket accepts nothing for `stall_timeout`: a slow but moving write
     /// never times out.
     pub(super) async fn write(&mut self, mut frame: Frame) -> Result<(), ConnError> {
         self.sequence = self.sequence.wrapping_add(1);
@@ -149,7 +149,7 @@ impl FrameWriter {
         while !buf.is_empty() {
             let n = tokio::time::timeout(self.stall_timeout, self.wr.write(buf))
                 .await
-                .map_err(|_| ConnError::SendTimeout { peer: self.peer.clone(), timeout: self.stall_timeout })?
+                .map_err(|_| ConnError::WriteStalled { peer: self.peer.clone(), timeout: self.stall_timeout })?
                 .map_err(|e| ConnError::Io(e.to_string()))?;
             if n == 0 {
                 return Err(ConnError::Io("socket accepted no bytes".into()));

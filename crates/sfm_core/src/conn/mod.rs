@@ -39,6 +39,8 @@ pub enum ConnError {
     Closed { peer: String, reason: String },
     #[error("sending to {peer:?} did not complete within {timeout:?}")]
     SendTimeout { peer: String, timeout: Duration },
+    #[error("writing to {peer:?} made no progress for {timeout:?} (setting streaming_send_timeout); connection closed")]
+    WriteStalled { peer: String, timeout: Duration },
     #[error("frame refused: {0}")]
     Frame(#[from] FrameError),
     #[error("handshake failed: {0}")]
@@ -354,7 +356,7 @@ impl Connection {
                 // A frame cut off mid-write is harmless here: the connection is going away.
                 _ = self.closed() => break,
             };
-            let fatal = matches!(result, Err(ConnError::Io(_)) | Err(ConnError::SendTimeout { .. }));
+            let fatal = matches!(result, Err(ConnError::Io(_)) | Err(ConnError::WriteStalled { .. }));
             if let Err(e) = &result {
                 if fatal {
                     self.close(&e.to_string());
