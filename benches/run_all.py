@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import flare
 
-        machine["flare_path"] = str(Path(flare.__file__).parent)
+        where = Path(flare.__file__).resolve().parent
+        # Relative to the checkout when flare is installed from it (editable), so the page names no local paths.
+        machine["flare_path"] = str(where.relative_to(HERE.parent)) if where.is_relative_to(HERE.parent) else "site-packages"
+
     except ImportError:
         machine["flare_path"] = "not importable"
     started = time.perf_counter()
