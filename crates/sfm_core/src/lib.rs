@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod driver;
 pub mod frame;
+pub mod stream;
 
 pub use cell::{Cell, Message, ReturnCode};
 pub use config::CommConfig;

@@ -281,8 +281,15 @@ async fn pending_requests_fail_fast_when_the_connection_drops() {
     server.close();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_requests_through_a_relay_fail_fast_when_the_path_drops() {
+/// Which cell disappears while the server waits for site-2's reply through relay-1.
+enum Lost {
+    /// The server's own connection to the relay drops.
+    Relay,
+    /// The leaf goes, the relay stays: the server hears of it only through the relay's route withdrawal.
+    Leaf,
+}
+
+async fn pending_request_through_a_relay_fails_fast(lost: Lost) {
     let cfg = fast_config();
     let server = Cell::new("server", cfg.clone()).unwrap();
     let server_url = listen(&server).await;
@@ -302,44 +309,28 @@ async fn pending_requests_through_a_relay_fail_fast_when_the_path_drops() {
     };
     within(T, "site-2 to get the request", hole.recv()).await.unwrap();
 
-    // The relay goes: the server's connection to it drops.
     let dropped = Instant::now();
-    relay.close();
+    match lost {
+        Lost::Relay => relay.close(),
+        Lost::Leaf => site2.close(),
+    }
     let r = within(T, "the pending request to fail", pending).await.unwrap();
     assert_eq!(r.return_code(), ReturnCode::CommError, "{:?}", r.error());
+    if let Lost::Leaf = lost {
+        assert!(r.error().unwrap_or_default().contains("site-2"), "{:?}", r.error());
+    }
     assert!(dropped.elapsed() < Duration::from_secs(2), "failed {:?} after the drop", dropped.elapsed());
-    site2.close();
-    server.close();
+    for cell in [site2, relay, server] {
+        cell.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_requests_through_a_relay_fail_fast_when_the_path_drops() {
+    pending_request_through_a_relay_fails_fast(Lost::Relay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_request_to_a_leaf_behind_a_relay_fails_fast_when_the_leaf_drops() {
-    let cfg = fast_config();
-    let server = Cell::new("server", cfg.clone()).unwrap();
-    let server_url = listen(&server).await;
-    let relay = Cell::new("relay-1", cfg.clone()).unwrap();
-    let relay_url = listen(&relay).await;
-    relay.connect(&server_url).unwrap();
-    let site2 = Cell::new("site-2", cfg.clone()).unwrap();
-    let mut hole = black_hole(&site2);
-    site2.connect(&relay_url).unwrap();
-    wait_peers(&server, &["site-2"]).await;
-    let timeout = Duration::from_secs(20);
-    let pending = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server.request("site-2", "test", "black_hole", Headers::new(), Bytes::new(), timeout).await
-        })
-    };
-    within(T, "site-2 to get the request", hole.recv()).await.unwrap();
-
-    // The leaf goes; the relay stays. The server hears of it only through the relay's route withdrawal.
-    let dropped = Instant::now();
-    site2.close();
-    let r = within(T, "the pending request to fail", pending).await.unwrap();
-    assert_eq!(r.return_code(), ReturnCode::CommError, "{:?}", r.error());
-    assert!(r.error().unwrap_or_default().contains("site-2"), "{:?}", r.error());
-    assert!(dropped.elapsed() < Duration::from_secs(2), "failed {:?} after the drop", dropped.elapsed());
-    relay.close();
-    server.close();
+    pending_request_through_a_relay_fails_fast(Lost::Leaf).await;
 }
