@@ -3,6 +3,10 @@
 use std::time::Duration;
 
 use crate::frame::DEFAULT_MAX_FRAME_SIZE;
+use crate::stream::{ReceiverConfig, SenderConfig};
+
+/// Most bytes a frame adds to its payload: the prefix and headers, whose length field is 16 bits.
+pub const FRAME_OVERHEAD: usize = crate::frame::PREFIX_LEN + u16::MAX as usize;
 
 /// Settings of connections and cells. `Default` gives the documented defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +37,16 @@ pub struct CommConfig {
     pub bulk_queue_bytes: usize,
     /// Most cells a message may cross before it is dropped as a routing loop (`max_hops`, default 16).
     pub max_hops: usize,
+    /// Request and reply payloads larger than this travel as streams of chunks (`stream_threshold`, default
+    /// 1 MiB), so a message's size is never capped by `max_frame_size` and bulk never blocks control traffic.
+    pub stream_threshold: usize,
+    /// How this cell sends streams: chunk size, window, ACK interval, ACK-progress watchdog, stall rule.
+    pub stream_sender: SenderConfig,
+    /// How this cell receives streams: size limit, read timeout, out-of-order tolerance.
+    pub stream_receiver: ReceiverConfig,
+    /// Close the connection a stalled stream was using (`sfm_close_stalled_connection`, default false, as
+    /// NVFlare): its pending sends fail with a stall error and a child reconnects.
+    pub close_stalled_connection: bool,
 }
 
 impl Default for CommConfig {
@@ -49,6 +63,10 @@ impl Default for CommConfig {
             control_queue_frames: 1024,
             bulk_queue_bytes: 64 * 1024 * 1024,
             max_hops: 16,
+            stream_threshold: 1024 * 1024,
+            stream_sender: SenderConfig::default(),
+            stream_receiver: ReceiverConfig::default(),
+            close_stalled_connection: false,
         }
     }
 }
@@ -63,6 +81,12 @@ pub struct ConfigError {
 
 impl CommConfig {
     /// Checks relations between settings; returns the first problem found.
+    /// Payloads above this size are streamed: the configured threshold, lowered if needed so that no single-frame
+    /// message can exceed `max_frame_size`.
+    pub fn effective_stream_threshold(&self) -> usize {
+        self.stream_threshold.min(self.max_frame_size.saturating_sub(FRAME_OVERHEAD))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("heartbeat_interval", self.heartbeat_interval),
@@ -96,6 +120,14 @@ impl CommConfig {
             return Err(ConfigError {
                 name: "max_frame_size",
                 reason: format!("must be between {} and {} bytes", crate::frame::PREFIX_LEN, u32::MAX),
+            });
+        }
+        self.stream_sender.validate()?;
+        self.stream_receiver.validate()?;
+        if self.stream_sender.chunk_size.saturating_add(FRAME_OVERHEAD as u64) > self.max_frame_size as u64 {
+            return Err(ConfigError {
+                name: "streaming_chunk_size",
+                reason: format!("a chunk plus its headers must fit in max_frame_size ({})", self.max_frame_size),
             });
         }
         if self.control_queue_frames == 0 || self.bulk_queue_bytes == 0 || self.max_hops == 0 {

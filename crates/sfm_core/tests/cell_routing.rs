@@ -275,18 +275,21 @@ async fn app_headers_and_large_payloads_cross_the_tree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_over_max_frame_size_is_refused() {
-    let cfg = CommConfig { max_frame_size: 64 * 1024, ..fast_config() };
+async fn fire_and_forget_over_max_frame_size_is_refused_and_the_link_survives() {
+    // Requests and replies above a frame travel as streams (tests/cell_streams.rs); a fire-and-forget message is
+    // one frame, so it is refused with the setting to change.
+    let stream_sender =
+        sfm_core::stream::SenderConfig { chunk_size: 16 * 1024, ack_interval: 16 * 1024, window_size: 64 * 1024, ..Default::default() };
+    let cfg = CommConfig { max_frame_size: 128 * 1024, stream_sender, ..fast_config() };
     let server = Cell::new("server", cfg.clone()).unwrap();
     serve_echo(&server);
     let url = listen(&server).await;
     let client = Cell::new("site-1", cfg).unwrap();
     client.connect(&url).unwrap();
     wait_peers(&client, &["server"]).await;
-    let big = Bytes::from(vec![0u8; 128 * 1024]);
-    let r = within(T, "reply", client.request("server", ECHO.0, ECHO.1, Headers::new(), big, T)).await;
-    assert_eq!(r.return_code(), ReturnCode::MsgTooBig, "{:?}", r.error());
-    assert!(r.error().unwrap_or_default().contains("max_frame_size"), "{:?}", r.error());
+    let big = Bytes::from(vec![0u8; 256 * 1024]);
+    let sent = within(T, "send", client.fire_and_forget(&["server".to_string()], ECHO.0, ECHO.1, Headers::new(), big)).await;
+    assert!(sent[0].1.contains("max_frame_size"), "{:?}", sent);
     // The connection survives a refused message.
     let r = echo(&client, "server", b"ping", T).await;
     assert_eq!(r.return_code(), ReturnCode::Ok);

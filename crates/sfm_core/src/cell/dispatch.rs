@@ -83,6 +83,9 @@ impl CellInner {
             }
             return;
         }
+        if msg.header_str(keys::CHANNEL) == Some(crate::stream::wire::CHANNEL) {
+            return self.handle_stream_message(msg);
+        }
         match msg.header_str(keys::MSG_TYPE) {
             Some(msg_type::REPLY) | Some(msg_type::RETURN) => self.deliver_reply(msg),
             _ => self.dispatch_request(msg),
@@ -90,7 +93,17 @@ impl CellInner {
     }
 
     fn deliver_reply(&self, msg: Message) {
-        for id in msg.req_ids() {
+        self.deliver_reply_by(keys::REQ_ID, msg)
+    }
+
+    /// Completes the waiters named by header `key` (a string, or a list of them).
+    pub(super) fn deliver_reply_by(&self, key: &str, msg: Message) {
+        let ids: Vec<String> = match msg.headers.get(key) {
+            Some(Value::Str(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        };
+        for id in ids {
             let waiter = self.waiters.lock().expect("waiters lock").remove(&id);
             match waiter {
                 Some(w) => {
@@ -101,7 +114,7 @@ impl CellInner {
         }
     }
 
-    fn dispatch_request(self: &Arc<Self>, msg: Message) {
+    pub(super) fn dispatch_request(self: &Arc<Self>, msg: Message) {
         let reply_expected = msg.headers.get(keys::REPLY_EXPECTED).and_then(Value::as_bool).unwrap_or(false)
             && msg.headers.contains_key(keys::REQ_ID);
         let channel = msg.header_str(keys::CHANNEL).unwrap_or_default().to_string();
@@ -133,7 +146,33 @@ impl CellInner {
     /// Answers a request whose headers are `request_headers`.
     pub(super) async fn send_reply(self: &Arc<Self>, request_headers: &Headers, reply: Message) {
         let kind = if reply.headers.get_str(keys::RETURN_REASON).is_some() { msg_type::RETURN } else { msg_type::REPLY };
-        let Some(msg) = self.make_reply(request_headers, reply, kind) else { return };
+        let Some(mut msg) = self.make_reply(request_headers, reply, kind) else { return };
+        let frame_capacity = self.config.max_frame_size.saturating_sub(crate::config::FRAME_OVERHEAD);
+        let stream_key = crate::stream::wire::keys::REQ_ID;
+        // A streamed request is answered by a stream (NVFlare's protocol); any reply too large for one frame is
+        // streamed too, under the request's id, which a flare requester also matches replies by.
+        let stream_id = match request_headers.get(stream_key) {
+            Some(ri) => Some(ri.clone()),
+            None if msg.payload.len() > frame_capacity => request_headers.get(keys::REQ_ID).cloned(),
+            None => None,
+        };
+        if let Some(ri) = stream_id {
+            let origin = msg.header_str(keys::DESTINATION).unwrap_or_default().to_string();
+            let topic = format!(
+                "{}:{}",
+                request_headers.get_str(keys::CHANNEL).unwrap_or_default(),
+                request_headers.get_str(keys::TOPIC).unwrap_or_default()
+            );
+            msg.headers.insert(stream_key, ri);
+            if !msg.headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
+                msg.headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
+            }
+            let channel = super::RETURN_CHANNEL;
+            if let Err(err) = self.send_stream(&origin, channel, &topic, msg.headers, msg.payload).await {
+                tracing::warn!(cell = %self.fqcn, "streamed reply to {origin:?} not delivered: {err}");
+            }
+            return;
+        }
         let deadline = Instant::now() + self.config.send_timeout;
         if let Err(err) = self.send_message(msg, deadline).await {
             tracing::warn!(cell = %self.fqcn, "reply not delivered: {}", err.error().unwrap_or("unknown error"));

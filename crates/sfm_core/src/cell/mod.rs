@@ -10,9 +10,11 @@ pub mod fqcn;
 mod message;
 mod peers;
 mod router;
+mod streaming;
 
 pub use message::{encoding, keys, msg_type, Message, ReturnCode};
 pub use router::{Hop, RoutingTable};
+pub use streaming::{BlobHandler, RETURN_CHANNEL};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,6 +120,7 @@ pub(crate) struct CellInner {
     /// Bumped on every change of the reachable set, so waiters can watch it.
     topology: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
+    streams: streaming::Streams,
     /// Set once `connect` has started the link to a parent.
     parent_link: AtomicBool,
     listen_urls: Mutex<Vec<Url>>,
@@ -131,6 +134,18 @@ pub struct Cell {
 
 /// Handshake property telling a peer that this cell understands route advertisements.
 pub(crate) const ROUTING_PROPERTY: &str = "flare_routing";
+/// Channels NVFlare's `Cell` never streams (its `CHANNELS_TO_EXCLUDE`): an NVFlare peer listens for plain messages
+/// there, so we stream on them only what cannot travel as one frame.
+const UNSTREAMED_CHANNELS: [&str; 8] = [
+    "admin",
+    "task",
+    "server_parent_listener",
+    "client_command",
+    "client_sub_worker_command",
+    "multi_process_executor",
+    "simulator_runner",
+    "return_only",
+];
 /// NVFlare's goodbye request, sent by a stopping cell to each peer.
 const BYE_CHANNEL: &str = "cellnet.channel";
 const BYE_TOPIC: &str = "bye";
@@ -166,9 +181,11 @@ impl Cell {
             topology: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             parent_link: AtomicBool::new(false),
+            streams: streaming::Streams::new(),
             listen_urls: Mutex::new(Vec::new()),
         };
         let cell = Cell { inner: Arc::new(inner) };
+        cell.inner.handle.spawn(streaming::janitor(Arc::downgrade(&cell.inner)));
         // NVFlare cells say goodbye with a request on this channel when they stop; it needs no more than an OK.
         cell.register_request_handler(BYE_CHANNEL, BYE_TOPIC, Arc::new(|request: IncomingRequest| drop(request)));
         Ok(cell)
@@ -211,6 +228,24 @@ impl Cell {
     /// Registers the handler for requests on (`channel`, `topic`); topic `*` matches any topic of the channel.
     pub fn register_request_handler(&self, channel: &str, topic: &str, handler: RequestHandler) {
         self.inner.handlers.write().expect("handlers lock").insert((channel.into(), topic.into()), handler);
+    }
+
+    /// Registers the handler of whole blobs sent to (`channel`, `topic`) with `send_blob`; topic `*` matches any.
+    pub fn register_blob_handler(&self, channel: &str, topic: &str, handler: BlobHandler) {
+        self.inner.streams.register_blob_handler(channel, topic, handler);
+    }
+
+    /// Streams `payload` to `target`'s blob handler for (`channel`, `topic`), with `headers`, and returns once the
+    /// receiver has acknowledged every byte. No size ceiling; only idle time counts against the stream's timeouts.
+    pub async fn send_blob(
+        &self,
+        target: &str,
+        channel: &str,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), crate::stream::StreamError> {
+        self.inner.send_stream(target, channel, topic, headers, payload).await
     }
 
     pub fn on_peer_event(&self, callback: PeerCallback) {
@@ -324,6 +359,18 @@ impl Cell {
 }
 
 impl CellInner {
+    /// Whether a request of `len` payload bytes travels as a stream rather than a single frame.
+    fn should_stream(&self, target: &str, channel: &str, len: usize) -> bool {
+        if target == self.fqcn {
+            return false;
+        }
+        let frame_capacity = self.config.max_frame_size.saturating_sub(crate::config::FRAME_OVERHEAD);
+        if UNSTREAMED_CHANNELS.contains(&channel) {
+            return len > frame_capacity;
+        }
+        len > self.config.effective_stream_threshold()
+    }
+
     fn ensure_open(&self) -> Result<(), CellError> {
         if *self.shutdown.borrow() {
             return Err(CellError::Closed(self.fqcn.clone()));
@@ -383,20 +430,38 @@ impl CellInner {
         payload: Bytes,
         timeout: Duration,
     ) -> Message {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
         let req_id = new_request_id();
-        let msg = self.new_message(target, channel, topic, headers, payload, Some(&req_id));
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().expect("waiters lock").insert(req_id.clone(), Waiter { tx, via: None, target: target.to_string() });
         // Removes the waiter however this future ends, dropped by a caller included.
         let _guard = WaiterGuard { cell: self, req_id: &req_id };
-        match self.send_message(msg, deadline).await {
-            Ok(via) => {
-                if let Some(w) = self.waiters.lock().expect("waiters lock").get_mut(&req_id) {
-                    w.via = via;
-                }
+        if self.should_stream(target, channel, payload.len()) {
+            // NVFlare's streamed request: the payload goes as a stream carrying `sm__ri`; the reply comes back as a
+            // stream on `return_only` with the same `sm__ri`, which is also our waiter's key.
+            let mut headers = headers;
+            headers.insert(crate::stream::wire::keys::REQ_ID, req_id.as_str());
+            if !headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
+                headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
             }
-            Err(reply) => return reply,
+            if let Err(err) = self.send_stream(target, channel, topic, headers, payload).await {
+                return Message::error_reply(
+                    stream_return_code(&err),
+                    format!("streaming the request to {target:?} failed: {err}"),
+                );
+            }
+            // The stream's own watchdogs governed the send, however long it took; the reply gets the full timeout.
+            deadline = Instant::now() + timeout;
+        } else {
+            let msg = self.new_message(target, channel, topic, headers, payload, Some(&req_id));
+            match self.send_message(msg, deadline).await {
+                Ok(via) => {
+                    if let Some(w) = self.waiters.lock().expect("waiters lock").get_mut(&req_id) {
+                        w.via = via;
+                    }
+                }
+                Err(reply) => return reply,
+            }
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => reply,
@@ -406,6 +471,17 @@ impl CellInner {
                 format!("no reply from {target:?} on {channel}/{topic} within {timeout:?}"),
             ),
         }
+    }
+}
+
+/// The return code of a request whose stream failed.
+fn stream_return_code(err: &crate::stream::StreamError) -> ReturnCode {
+    use crate::stream::StreamError;
+    match err {
+        e if e.is_stall() => ReturnCode::Timeout,
+        StreamError::ReadTimeout { .. } => ReturnCode::Timeout,
+        StreamError::TooLarge { .. } => ReturnCode::MsgTooBig,
+        _ => ReturnCode::CommError,
     }
 }
 

@@ -157,6 +157,7 @@ impl CellInner {
         let lost_routes = self.routes.lock().expect("routes lock").remove_peer(&name);
         tracing::info!(cell = %self.fqcn, peer = %name, "disconnected: {reason}");
         self.fail_waiters_via(&name, reason);
+        self.drop_incoming_from(&name);
         let mut gone = vec![name.clone()];
         gone.extend(lost_routes);
         self.advertise(&[], &gone);

@@ -17,7 +17,7 @@ const READ_AHEAD: usize = 64 * 1024;
 const HUGE_PAGE_THRESHOLD: usize = 4 * 1024 * 1024;
 
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(buf: &mut BytesMut) {
+pub(crate) fn advise_huge_pages(buf: &mut BytesMut) {
     const HUGE_PAGE: usize = 2 * 1024 * 1024;
     if buf.capacity() < HUGE_PAGE_THRESHOLD {
         return;
@@ -35,7 +35,7 @@ fn advise_huge_pages(buf: &mut BytesMut) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_buf: &mut BytesMut) {}
+pub(crate) fn advise_huge_pages(_buf: &mut BytesMut) {}
 
 /// Payloads up to this size are copied next to the head and written in one call; larger ones are written from
 /// their own buffer, with no copy.

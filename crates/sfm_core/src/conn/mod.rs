@@ -8,6 +8,7 @@ mod keepalive;
 
 pub use handshake::{LocalEndpoint, Side, ENDPOINT_NAME};
 pub use keepalive::{KeepAlive, KeepAliveAction};
+pub(crate) use io::advise_huge_pages;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};

@@ -1,0 +1,347 @@
+//! Drives push streams for a cell: sends a payload as chunk messages under the window, feeds incoming chunks and
+//! ACKs to the sans-IO machines of `crate::stream`, and delivers what a stream carried: a blob to its handler, a
+//! streamed request to the request handler, a streamed reply to its requester (NVFlare's `Cell` protocol: replies
+//! to a streamed request come back as a blob on channel `return_only`, topic `<channel>:<topic>`, matched by
+//! `sm__ri`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::frame::{Headers, Value};
+use crate::stream::wire::{self, keys as sm};
+use crate::stream::{AckHeader, AckMessage, ChunkHeader, DataMessage, ErrorHeader, StreamError, StreamIdGen};
+use crate::stream::{StreamReceiver, StreamSender};
+
+use super::{keys, CellInner, Message};
+
+/// NVFlare's channel for replies to streamed requests.
+pub const RETURN_CHANNEL: &str = "return_only";
+/// How often receivers are checked for their read timeout.
+const JANITOR_PERIOD: Duration = Duration::from_millis(500);
+
+/// Handles a whole blob. Called on a transport thread: hand it off, never block.
+pub type BlobHandler = Arc<dyn Fn(Message) + Send + Sync>;
+
+enum SenderEvent {
+    Ack(u64),
+    PeerError(String),
+}
+
+/// What a finished incoming stream is.
+enum Purpose {
+    Blob(BlobHandler),
+    Request,
+    Reply,
+}
+
+struct Incoming {
+    machine: StreamReceiver,
+    buf: BytesMut,
+    headers: Headers,
+    purpose: Purpose,
+}
+
+pub(super) struct Streams {
+    ids: StreamIdGen,
+    senders: Mutex<HashMap<u64, mpsc::UnboundedSender<SenderEvent>>>,
+    receivers: Mutex<HashMap<(String, u64), Incoming>>,
+    blob_handlers: Mutex<HashMap<(String, String), BlobHandler>>,
+}
+
+impl Streams {
+    pub(super) fn new() -> Self {
+        // NVFlare's scheme: a per-process base from the clock plus a random offset, then a counter.
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let base = micros.wrapping_add(rand::random::<u64>() % 1_000_000) & (u64::MAX >> 2);
+        Streams {
+            ids: StreamIdGen::new(base),
+            senders: Mutex::new(HashMap::new()),
+            receivers: Mutex::new(HashMap::new()),
+            blob_handlers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(super) fn register_blob_handler(&self, channel: &str, topic: &str, handler: BlobHandler) {
+        self.blob_handlers.lock().expect("blob handlers lock").insert((channel.into(), topic.into()), handler);
+    }
+
+    fn blob_handler(&self, channel: &str, topic: &str) -> Option<BlobHandler> {
+        let handlers = self.blob_handlers.lock().expect("blob handlers lock");
+        handlers.get(&(channel.to_string(), topic.to_string())).or_else(|| handlers.get(&(channel.to_string(), "*".to_string()))).cloned()
+    }
+}
+
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Removes a sender's ACK route however its task ends.
+struct SenderGuard<'a> {
+    streams: &'a Streams,
+    id: u64,
+}
+
+impl Drop for SenderGuard<'_> {
+    fn drop(&mut self) {
+        self.streams.senders.lock().expect("senders lock").remove(&self.id);
+    }
+}
+
+impl CellInner {
+    /// Sends `payload` to `target` as a stream addressed to the app's `channel`/`topic`, with `headers` on every
+    /// chunk. Returns once the receiver has acknowledged every byte. Only idle time counts: the ACK-progress
+    /// watchdog and the stall rule fail a stream whose receiver stops, never one that keeps moving.
+    pub(super) async fn send_stream(
+        self: &Arc<Self>,
+        target: &str,
+        channel: &str,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) -> Result<(), StreamError> {
+        let streams = &self.streams;
+        let id = streams.ids.next_id();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        streams.senders.lock().expect("senders lock").insert(id, tx);
+        let _guard = SenderGuard { streams, id };
+        let mut sender =
+            StreamSender::new(id, channel, topic, payload.len() as u64, self.config.stream_sender.clone(), now_std())?;
+        loop {
+            while let Some(plan) = sender.next_chunk() {
+                let header = sender.commit_chunk(plan, now_std())?;
+                let mut chunk_headers = headers.clone();
+                header.write_to(&mut chunk_headers);
+                let (start, end) = (plan.offset as usize, (plan.offset + plan.len) as usize);
+                let msg = self.new_message(target, wire::CHANNEL, wire::TOPIC_DATA, chunk_headers, payload.slice(start..end), None);
+                if let Err(reply) = self.send_message(msg, Instant::now() + self.config.send_timeout).await {
+                    let why = reply.error().unwrap_or("chunk not sent").to_string();
+                    sender.abort(why.clone());
+                    self.notify_stream_error(target, sender.poll_error(), wire::TOPIC_DATA);
+                    return Err(StreamError::Aborted { by_peer: false, message: why });
+                }
+            }
+            if sender.is_complete() {
+                return Ok(());
+            }
+            let timer = sender.poll_timeout().map(Instant::from_std);
+            let outcome = tokio::select! {
+                event = events.recv() => match event {
+                    Some(SenderEvent::Ack(offset)) => sender.handle_ack(offset, now_std()),
+                    Some(SenderEvent::PeerError(message)) => {
+                        sender.handle_error(message.clone());
+                        Err(StreamError::Aborted { by_peer: true, message })
+                    }
+                    None => Err(StreamError::Aborted { by_peer: false, message: "cell closed".into() }),
+                },
+                _ = sleep_until_opt(timer) => sender.handle_timeout(now_std()),
+            };
+            if let Err(err) = outcome {
+                if err.is_stall() && self.config.close_stalled_connection {
+                    self.close_connection_towards(target, &err.to_string());
+                }
+                self.notify_stream_error(target, sender.poll_error(), wire::TOPIC_DATA);
+                return Err(err);
+            }
+        }
+    }
+
+    /// Closes the connection that messages to `target` leave through (a stalled stream's, on request).
+    fn close_connection_towards(&self, target: &str, reason: &str) {
+        if let super::Hop::Peer(peer) = self.routes.lock().expect("routes lock").next_hop(target) {
+            if let Some(conn) = self.conns.lock().expect("conns lock").get(&peer) {
+                conn.close(&format!("stalled stream: {reason} (setting sfm_close_stalled_connection)"));
+            }
+        }
+    }
+
+    fn notify_stream_error(self: &Arc<Self>, target: &str, notice: Option<ErrorHeader>, topic: &'static str) {
+        let Some(notice) = notice else { return };
+        let topics: &[&'static str] =
+            if topic == wire::TOPIC_ERROR { &[wire::TOPIC_ERROR, wire::TOPIC_ACK] } else { &[wire::TOPIC_DATA] };
+        for topic in topics {
+            self.send_stream_control(target, topic, notice.to_headers());
+        }
+    }
+
+    /// ACKs and error notices: small messages, sent in the background.
+    fn send_stream_control(self: &Arc<Self>, target: &str, topic: &str, headers: Headers) {
+        let msg = self.new_message(target, wire::CHANNEL, topic, headers, Bytes::new(), None);
+        let inner = self.clone();
+        self.handle.spawn(async move {
+            let deadline = Instant::now() + inner.config.send_timeout;
+            if let Err(e) = inner.send_message(msg, deadline).await {
+                tracing::debug!(cell = %inner.fqcn, "stream control message not sent: {:?}", e.error());
+            }
+        });
+    }
+
+    /// Everything on channel `sm__STREAM`.
+    pub(super) fn handle_stream_message(self: &Arc<Self>, msg: Message) {
+        let origin = msg.header_str(keys::ORIGIN).unwrap_or_default().to_string();
+        match msg.header_str(keys::TOPIC) {
+            Some(wire::TOPIC_DATA) => match DataMessage::from_headers(&msg.headers) {
+                Ok(DataMessage::Chunk(header)) => self.handle_chunk(&origin, header, msg),
+                Ok(DataMessage::Error(notice)) => {
+                    let removed = self.streams.receivers.lock().expect("receivers lock").remove(&(origin, notice.stream_id));
+                    if removed.is_some() {
+                        tracing::warn!(cell = %self.fqcn, "incoming stream aborted by its sender: {}", notice.message);
+                    }
+                }
+                Err(e) => tracing::warn!(cell = %self.fqcn, "bad stream chunk from {origin:?}: {e}"),
+            },
+            Some(wire::TOPIC_ACK) | Some(wire::TOPIC_ERROR) => {
+                let event = match AckMessage::from_headers(&msg.headers) {
+                    Ok(AckMessage::Ack(AckHeader { stream_id, offset, .. })) => (stream_id, SenderEvent::Ack(offset)),
+                    Ok(AckMessage::Error(notice)) => (notice.stream_id, SenderEvent::PeerError(notice.message)),
+                    Err(e) => return tracing::warn!(cell = %self.fqcn, "bad stream ACK from {origin:?}: {e}"),
+                };
+                // ACKs for streams that already ended are normal; nothing to do.
+                if let Some(tx) = self.streams.senders.lock().expect("senders lock").get(&event.0) {
+                    let _ = tx.send(event.1);
+                }
+            }
+            other => tracing::warn!(cell = %self.fqcn, "unknown stream topic {other:?} from {origin:?}"),
+        }
+    }
+
+    fn handle_chunk(self: &Arc<Self>, origin: &str, header: ChunkHeader, msg: Message) {
+        let key = (origin.to_string(), header.stream_id);
+        let mut receivers = self.streams.receivers.lock().expect("receivers lock");
+        if !receivers.contains_key(&key) {
+            match self.open_incoming(&header, &msg) {
+                Ok(incoming) => {
+                    receivers.insert(key.clone(), incoming);
+                }
+                Err(err) => {
+                    drop(receivers);
+                    let mut notice = ErrorHeader::new(header.stream_id, &err);
+                    notice.channel = Some(header.channel.clone());
+                    notice.topic = Some(header.topic.clone());
+                    return self.notify_stream_error(origin, Some(notice), wire::TOPIC_ERROR);
+                }
+            }
+        }
+        let incoming = receivers.get_mut(&key).expect("just inserted");
+        let now = now_std();
+        let result = incoming.machine.handle_chunk(&header, msg.payload, now).and_then(|deliveries| {
+            for d in deliveries {
+                incoming.buf.extend_from_slice(&d.data);
+            }
+            incoming.machine.on_consumed(incoming.buf.len() as u64, now)
+        });
+        if let Some(ack) = incoming.machine.poll_ack() {
+            self.send_stream_control(origin, wire::TOPIC_ACK, ack.to_headers());
+        }
+        if let Err(err) = result {
+            let notice = incoming.machine.poll_error();
+            receivers.remove(&key);
+            drop(receivers);
+            tracing::warn!(cell = %self.fqcn, "incoming stream from {origin:?} failed: {err}");
+            return self.notify_stream_error(origin, notice, wire::TOPIC_ERROR);
+        }
+        if incoming.machine.is_complete() {
+            let done = receivers.remove(&key).expect("present");
+            drop(receivers);
+            self.deliver_stream(done);
+        }
+    }
+
+    fn open_incoming(&self, header: &ChunkHeader, msg: &Message) -> Result<Incoming, StreamError> {
+        let machine = StreamReceiver::new(header, self.config.stream_receiver.clone(), now_std())?;
+        let purpose = if header.channel == RETURN_CHANNEL {
+            Purpose::Reply
+        } else if msg.headers.contains_key(sm::REQ_ID) {
+            Purpose::Request
+        } else if let Some(handler) = self.streams.blob_handler(&header.channel, &header.topic) {
+            Purpose::Blob(handler)
+        } else {
+            return Err(StreamError::Aborted {
+                by_peer: false,
+                message: format!(
+                    "cell {:?} has no blob handler for channel {:?} topic {:?}",
+                    self.fqcn, header.channel, header.topic
+                ),
+            });
+        };
+        let mut buf = match machine.expected_size() {
+            Some(size) => BytesMut::with_capacity(size as usize),
+            None => BytesMut::new(),
+        };
+        crate::conn::advise_huge_pages(&mut buf);
+        Ok(Incoming { machine, buf, headers: app_headers(&msg.headers, header), purpose })
+    }
+
+    fn deliver_stream(self: &Arc<Self>, done: Incoming) {
+        let message = Message::new(done.headers, done.buf.freeze());
+        match done.purpose {
+            Purpose::Blob(handler) => handler(message),
+            Purpose::Reply => self.deliver_reply_by(sm::REQ_ID, message),
+            Purpose::Request => {
+                let mut message = message;
+                // A streamed request always expects its reply, as a stream, matched by `sm__ri`.
+                if let Some(ri) = message.headers.get(sm::REQ_ID).cloned() {
+                    if !message.headers.contains_key(keys::REQ_ID) {
+                        message.headers.insert(keys::REQ_ID, ri);
+                    }
+                    message.headers.insert(keys::REPLY_EXPECTED, true);
+                    message.headers.insert(keys::MSG_TYPE, super::msg_type::REQUEST);
+                }
+                self.dispatch_request(message)
+            }
+        }
+    }
+
+    /// Fails incoming streams from a peer that went away, instead of leaving them to their read timeout.
+    pub(super) fn drop_incoming_from(&self, origin: &str) {
+        self.streams.receivers.lock().expect("receivers lock").retain(|(o, _), _| o != origin);
+    }
+}
+
+/// The app's view of a stream's headers: the first chunk's headers without the per-chunk `sm__*` keys, with
+/// channel and topic set back to the app's own.
+fn app_headers(chunk: &Headers, header: &ChunkHeader) -> Headers {
+    const PER_CHUNK: [&str; 10] =
+        [sm::STREAM_ID, sm::DATA_TYPE, sm::SIZE, sm::SEQUENCE, sm::OFFSET, sm::RELIABLE, sm::OPTIONAL, sm::CHUNK_SIZE, sm::WINDOW_SIZE, sm::ACK_INTERVAL];
+    let mut headers: Headers =
+        chunk.iter().filter(|(k, _)| !PER_CHUNK.contains(k)).map(|(k, v)| (k.to_string(), v.clone())).collect();
+    headers.insert(keys::CHANNEL, header.channel.as_str());
+    headers.insert(keys::TOPIC, header.topic.as_str());
+    headers.insert(keys::PAYLOAD_LEN, Value::from(header.total_size));
+    headers
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Checks incoming streams for their read timeout while the cell lives.
+pub(super) async fn janitor(cell: Weak<CellInner>) {
+    loop {
+        tokio::time::sleep(JANITOR_PERIOD).await;
+        let Some(cell) = cell.upgrade() else { return };
+        if *cell.shutdown.borrow() {
+            return;
+        }
+        let now = now_std();
+        let mut failed = Vec::new();
+        cell.streams.receivers.lock().expect("receivers lock").retain(|(origin, _), incoming| {
+            let due = incoming.machine.poll_timeout().is_some_and(|t| t <= now);
+            if due && incoming.machine.handle_timeout(now).is_err() {
+                failed.push((origin.clone(), incoming.machine.poll_error()));
+                return false;
+            }
+            true
+        });
+        for (origin, notice) in failed {
+            cell.notify_stream_error(&origin, notice, wire::TOPIC_ERROR);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Push streams between cells over loopback: blobs of awkward sizes, streamed requests and replies (through a
+//! relay too), concurrent streams, control traffic during a large stream, and a receiver that stops ACKing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sfm_core::cell::{Cell, Message, ReturnCode};
+use sfm_core::frame::Headers;
+use sfm_core::stream::StreamError;
+use sfm_core::CommConfig;
+use tokio::sync::mpsc;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+const MIB: usize = 1024 * 1024;
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    Bytes::from((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>())
+}
+
+async fn server_and_client(cfg: CommConfig) -> (Cell, Cell) {
+    let server = Cell::new("server", cfg.clone()).unwrap();
+    serve_echo(&server);
+    let url = listen(&server).await;
+    let client = Cell::new("site-1", cfg).unwrap();
+    serve_echo(&client);
+    client.connect(&url).unwrap();
+    wait_peers(&client, &["server"]).await;
+    wait_peers(&server, &["site-1"]).await;
+    (server, client)
+}
+
+fn blob_sink(cell: &Cell) -> mpsc::UnboundedReceiver<Message> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    cell.register_blob_handler("test", "blob", Arc::new(move |m: Message| {
+        let _ = tx.send(m);
+    }));
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_of_every_awkward_size_arrive_whole() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let mut got = blob_sink(&server);
+    let chunk = client.config().stream_sender.chunk_size as usize;
+    for (i, len) in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 10 * chunk + 7].into_iter().enumerate() {
+        let payload = pattern(len, i as u8);
+        let mut headers = Headers::new();
+        headers.insert("n", i as i64);
+        within(T, "blob sent", client.send_blob("server", "test", "blob", headers, payload.clone())).await.unwrap();
+        let m = within(T, "blob received", got.recv()).await.unwrap();
+        assert_eq!(m.payload.len(), len);
+        assert!(m.payload == payload, "blob {i} of {len} bytes differs");
+        assert_eq!(m.headers.get("n").and_then(|v| v.as_i64()), Some(i as i64));
+        assert_eq!(m.header_str("cn__origin"), Some("site-1"));
+    }
+    client.close();
+    server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_without_handler_fails_the_sender_with_the_reason() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let err = within(T, "send", client.send_blob("server", "nobody", "home", Headers::new(), pattern(3 * MIB, 1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StreamError::Aborted { by_peer: true, .. }), "{err}");
+    assert!(err.to_string().contains("no blob handler"), "{err}");
+    client.close();
+    server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_and_replies_travel_as_streams_through_a_relay() {
+    let cfg = fast_config();
+    let server = Cell::new("server", cfg.clone()).unwrap();
+    let server_url = listen(&server).await;
+    let relay = Cell::new("relay-1", cfg.clone()).unwrap();
+    let relay_url = listen(&relay).await;
+    relay.connect(&server_url).unwrap();
+    let leaves: Vec<Cell> = ["site-1", "site-2"].iter().map(|n| Cell::new(n, cfg.clone()).unwrap()).collect();
+    for leaf in &leaves {
+        serve_echo(leaf);
+        leaf.connect(&relay_url).unwrap();
+    }
+    wait_peers(&server, &["site-1", "site-2"]).await;
+    let payload = pattern(9 * MIB + 3, 7);
+    let r = within(T, "reply", leaves[0].request("site-2", ECHO.0, ECHO.1, Headers::new(), payload.clone(), T)).await;
+    assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
+    assert_eq!(r.header_str(ANSWERED_BY), Some("site-2"));
+    assert!(r.payload == payload, "echoed payload differs");
+    for c in leaves.iter().chain([&relay, &server]) {
+        c.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_a_frame_goes_as_a_stream() {
+    let cfg = CommConfig {
+        max_frame_size: 256 * 1024,
+        stream_sender: sfm_core::stream::SenderConfig { chunk_size: 64 * 1024, ack_interval: 64 * 1024, window_size: 512 * 1024, ..Default::default() },
+        ..fast_config()
+    };
+    let (server, client) = server_and_client(cfg).await;
+    let big = pattern(3 * MIB, 3);
+    let r = within(T, "reply", client.request("server", ECHO.0, ECHO.1, Headers::new(), big.clone(), T)).await;
+    assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
+    assert!(r.payload == big);
+    // Even on a channel NVFlare never streams, what cannot be one frame is streamed rather than refused.
+    server.register_request_handler("task", "echo", Arc::new(|req: sfm_core::cell::IncomingRequest| {
+        let payload = req.message.payload.clone();
+        req.responder.reply(Message::new(Headers::new(), payload));
+    }));
+    let r = within(T, "reply", client.request("server", "task", "echo", Headers::new(), big.clone(), T)).await;
+    assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
+    assert!(r.payload == big);
+    client.close();
+    server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_share_a_connection() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let mut got = blob_sink(&server);
+    let sends: Vec<_> = (0..8u8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut h = Headers::new();
+                h.insert("i", i as i64);
+                client.send_blob("server", "test", "blob", h, pattern(4 * MIB + i as usize, i)).await
+            })
+        })
+        .collect();
+    for s in sends {
+        within(T, "send", s).await.unwrap().unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let m = within(T, "blob", got.recv()).await.unwrap();
+        let i = m.headers.get("i").and_then(|v| v.as_i64()).unwrap() as u8;
+        assert!(m.payload == pattern(4 * MIB + i as usize, i), "stream {i} corrupted");
+        seen.push(i);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..8).collect::<Vec<u8>>());
+    client.close();
+    server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_keep_flowing_during_a_large_stream() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let mut got = blob_sink(&server);
+    let sender = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_blob("server", "test", "blob", Headers::new(), pattern(256 * MIB, 9)).await })
+    };
+    let mut worst = Duration::ZERO;
+    let mut during = 0;
+    while !sender.is_finished() {
+        let started = Instant::now();
+        let r = echo(&client, "server", b"ping", T).await;
+        assert_eq!(r.return_code(), ReturnCode::Ok);
+        worst = worst.max(started.elapsed());
+        during += 1;
+    }
+    within(T, "send", sender).await.unwrap().unwrap();
+    assert_eq!(within(T, "blob", got.recv()).await.unwrap().payload.len(), 256 * MIB);
+    assert!(during >= 3, "only {during} round trips completed during the stream");
+    assert!(worst < Duration::from_secs(1), "a small request took {worst:?} during the stream");
+    client.close();
+    server.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_acking_is_detected_and_its_connection_closed() {
+    let mut cfg = fast_config();
+    cfg.stream_sender.ack_progress_timeout = Duration::from_secs(1);
+    cfg.close_stalled_connection = true;
+    let server = Cell::new("server", cfg).unwrap();
+    let url = listen(&server).await;
+    // A peer that completes the handshake and reads everything, but never ACKs.
+    let (mut silent, _) = RawPeer::dial(&url, "site-1").await;
+    wait_peers(&server, &["site-1"]).await;
+    let started = Instant::now();
+    let sending = server.send_blob("site-1", "test", "blob", Headers::new(), pattern(64 * MIB, 5));
+    let drain = silent.read_until_eof(T);
+    let (result, frames) = tokio::join!(within(T, "stall", sending), drain);
+    let err = result.unwrap_err();
+    assert!(matches!(err, StreamError::AckStalled { .. }), "{err}");
+    assert!(err.to_string().contains("streaming_ack_progress_timeout"), "{err}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "stall reported after {took:?}");
+    let data_bytes: usize = frames.iter().map(|f| f.payload.len()).sum();
+    assert!(data_bytes <= 17 * MIB, "the sender sent {data_bytes} bytes with no ACK: more than its window");
+    server.close();
+}
