@@ -31,6 +31,12 @@ class Cell:
         self, channel: str, topic: str, callback: Callable[[_HeadersDict, Payload], tuple[Any, Any] | None]
     ) -> None:
         """`callback(headers, payload) -> None | (headers | None, payload | None)`, run on the callback pool."""
+    def register_blob_cb(self, channel: str, topic: str, callback: Callable[[_HeadersDict, Payload], None]) -> None:
+        """`callback(headers, payload)` for each whole blob sent to (channel, topic), run on the callback pool."""
+    def send_blob(
+        self, target: str, channel: str, topic: str, payload: Any = None, headers: _HeadersDict | None = None
+    ) -> None:
+        """Streams `payload` to `target`'s blob callback; returns once every byte is acknowledged."""
     def on_peer_event(self, callback: Callable[[str, str, str], None]) -> None:
         """`callback(event, name, reason)` with event "up" or "down", run on the callback pool."""
     def request(

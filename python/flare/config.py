@@ -44,6 +44,29 @@ class CommSettings:
         Payload bytes that may wait in a connection's bulk lane (default 64 MiB).
     max_hops:
         Cells a message may cross before it is dropped as a routing loop (default 16).
+    stream_threshold:
+        Request and reply payloads larger than this travel as streams of chunks (default 1 MiB); so does anything
+        too large for one frame, on any channel.
+    streaming_chunk_size:
+        Bytes per stream chunk (default 1 MiB, as NVFlare).
+    streaming_window_size:
+        Bytes a stream may have sent and not yet acknowledged (default 16 MiB); bounds each side's in-flight memory.
+    streaming_ack_interval:
+        Consumed bytes after which a receiver acknowledges (default 4 MiB); window >= chunk + interval.
+    streaming_ack_progress_timeout:
+        Longest a sender waits for acknowledgements that do not advance before failing the stream with
+        ``StallDetected`` (default 60). Only waiting time counts: a transfer that keeps moving never times out.
+    streaming_stall_check_interval, sfm_send_stall_consecutive_checks:
+        The stall rule: that many consecutive checks, one interval apart, without ACK progress fail the stream
+        (defaults 30 and 3; 0 checks turns the rule off).
+    sfm_close_stalled_connection:
+        Close the connection of a stalled stream; its pending sends fail and a child reconnects (default False).
+    streaming_read_timeout:
+        Longest a receiver waits for the next chunk of an unfinished stream (default 300).
+    streaming_max_blob_size:
+        Largest stream accepted (default: no limit of our own).
+    streaming_max_out_seq_chunks:
+        Out-of-order chunks buffered per stream (default 0: derived from the sender's window, as NVFlare).
     callback_pool_size:
         Threads that run this cell's Python callbacks (default 8).
     """
@@ -59,6 +82,17 @@ class CommSettings:
     control_queue_frames: int = _CORE_DEFAULTS["control_queue_frames"]
     bulk_queue_bytes: int = _CORE_DEFAULTS["bulk_queue_bytes"]
     max_hops: int = _CORE_DEFAULTS["max_hops"]
+    stream_threshold: int = _CORE_DEFAULTS["stream_threshold"]
+    streaming_chunk_size: int = _CORE_DEFAULTS["streaming_chunk_size"]
+    streaming_window_size: int = _CORE_DEFAULTS["streaming_window_size"]
+    streaming_ack_interval: int = _CORE_DEFAULTS["streaming_ack_interval"]
+    streaming_ack_progress_timeout: float = _CORE_DEFAULTS["streaming_ack_progress_timeout"]
+    streaming_stall_check_interval: float = _CORE_DEFAULTS["streaming_stall_check_interval"]
+    sfm_send_stall_consecutive_checks: int = _CORE_DEFAULTS["sfm_send_stall_consecutive_checks"]
+    sfm_close_stalled_connection: bool = _CORE_DEFAULTS["sfm_close_stalled_connection"]
+    streaming_read_timeout: float = _CORE_DEFAULTS["streaming_read_timeout"]
+    streaming_max_blob_size: int = _CORE_DEFAULTS["streaming_max_blob_size"]
+    streaming_max_out_seq_chunks: int = _CORE_DEFAULTS["streaming_max_out_seq_chunks"]
     callback_pool_size: int = 8
 
     @classmethod

@@ -200,3 +200,34 @@ async fn a_receiver_that_stops_acking_is_detected_and_its_connection_closed() {
     assert!(data_bytes <= 17 * MIB, "the sender sent {data_bytes} bytes with no ACK: more than its window");
     server.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_giving_up_mid_stream_never_wedge_the_receiver() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let mut got = blob_sink(&server);
+    let race = async {
+        for i in 0..1000u32 {
+            let payload = pattern(MIB + (i as usize % 7) * 65_537, i as u8);
+            // Give up after a few microseconds to a few milliseconds: the abort lands while the receiver is mid-way.
+            let give_up = Duration::from_micros(50 + (i as u64 * 37) % 3000);
+            let _ = tokio::time::timeout(give_up, client.send_blob("server", "test", "blob", Headers::new(), payload))
+                .await;
+        }
+    };
+    within(Duration::from_secs(120), "1,000 abandoned streams", race).await;
+    // Every abandoned stream is freed on both sides, by the abort notice, not by a read timeout.
+    within(T, "streams to drain", async {
+        while client.stream_counts() != (0, 0) || server.stream_counts() != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    while got.try_recv().is_ok() {}
+    let last = pattern(5 * MIB, 42);
+    within(T, "a blob after the race", client.send_blob("server", "test", "blob", Headers::new(), last.clone()))
+        .await
+        .unwrap();
+    assert!(within(T, "the last blob", got.recv()).await.unwrap().payload == last);
+    client.close();
+    server.close();
+}

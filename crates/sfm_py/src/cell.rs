@@ -12,7 +12,7 @@ use sfm_core::frame::Headers;
 
 use crate::callbacks::CallbackPool;
 use crate::convert::{comm_config_from_py, headers_to_py, payload_from_py, py_to_headers};
-use crate::errors::{config_error, from_cell_error, transport_error};
+use crate::errors::{config_error, from_cell_error, from_stream_error, transport_error};
 use crate::payload::Payload;
 use crate::runtime;
 
@@ -135,6 +135,49 @@ impl PyCell {
                 pool.submit(move |py| run_handler(py, &callback, request));
             }),
         );
+    }
+
+    /// `callback(headers: dict, payload: Payload)` for each whole blob sent to (channel, topic), run on the pool.
+    fn register_blob_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
+        let pool = self.pool.clone();
+        let callback = Arc::new(callback);
+        self.cell.register_blob_handler(
+            channel,
+            topic,
+            Arc::new(move |blob: Message| {
+                let callback = callback.clone();
+                pool.submit(move |py| {
+                    let outcome = headers_to_py(py, &blob.headers).and_then(|headers| {
+                        let payload = Py::new(py, Payload::new(blob.payload))?;
+                        callback.bind(py).call1((headers, payload))
+                    });
+                    if let Err(e) = outcome {
+                        e.display(py);
+                    }
+                });
+            }),
+        );
+    }
+
+    /// Streams `payload` to `target`'s blob callback for (channel, topic); returns once every byte is acknowledged.
+    #[pyo3(signature = (target, channel, topic, payload=None, headers=None))]
+    fn send_blob(
+        &self,
+        py: Python<'_>,
+        target: &str,
+        channel: &str,
+        topic: &str,
+        payload: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.check_process()?;
+        let (payload, headers) = (payload_from_py(payload)?, py_to_headers(headers)?);
+        let cell = self.cell.clone();
+        let (target, channel, topic) = (target.to_string(), channel.to_string(), topic.to_string());
+        runtime::wait(py, self.cell.runtime(), async move {
+            cell.send_blob(&target, &channel, &topic, headers, payload).await
+        })?
+        .map_err(from_stream_error)
     }
 
     /// `callback(event: "up" | "down", name: str, reason: str)`, run on the pool.

@@ -199,6 +199,27 @@ pub fn comm_config_from_py(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Com
             "control_queue_frames" => cfg.control_queue_frames = count(&name, &v)?,
             "bulk_queue_bytes" => cfg.bulk_queue_bytes = count(&name, &v)?,
             "max_hops" => cfg.max_hops = count(&name, &v)?,
+            "stream_threshold" => cfg.stream_threshold = count(&name, &v)?,
+            "streaming_chunk_size" => cfg.stream_sender.chunk_size = count(&name, &v)? as u64,
+            "streaming_window_size" => cfg.stream_sender.window_size = count(&name, &v)? as u64,
+            "streaming_ack_interval" => {
+                cfg.stream_sender.ack_interval = count(&name, &v)? as u64;
+                cfg.stream_receiver.default_ack_interval = cfg.stream_sender.ack_interval;
+            }
+            "streaming_ack_progress_timeout" => cfg.stream_sender.ack_progress_timeout = seconds(&name, &v)?,
+            "streaming_stall_check_interval" => cfg.stream_sender.stall_check_interval = seconds(&name, &v)?,
+            "sfm_send_stall_consecutive_checks" => {
+                cfg.stream_sender.stall_consecutive_checks =
+                    v.extract().map_err(|_| config_error(&name, "must be a non-negative integer"))?
+            }
+            "sfm_close_stalled_connection" => {
+                cfg.close_stalled_connection = v.extract().map_err(|_| config_error(&name, "must be a bool"))?
+            }
+            "streaming_read_timeout" => cfg.stream_receiver.read_timeout = seconds(&name, &v)?,
+            "streaming_max_blob_size" => cfg.stream_receiver.max_size = count(&name, &v)? as u64,
+            "streaming_max_out_seq_chunks" => {
+                cfg.stream_receiver.max_out_of_order = Some(count(&name, &v)?).filter(|n| *n > 0)
+            }
             other => return Err(config_error(other, "unknown transport setting")),
         }
     }
@@ -222,5 +243,16 @@ pub fn default_comm_config(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("control_queue_frames", cfg.control_queue_frames)?;
     d.set_item("bulk_queue_bytes", cfg.bulk_queue_bytes)?;
     d.set_item("max_hops", cfg.max_hops)?;
+    d.set_item("stream_threshold", cfg.stream_threshold)?;
+    d.set_item("streaming_chunk_size", cfg.stream_sender.chunk_size)?;
+    d.set_item("streaming_window_size", cfg.stream_sender.window_size)?;
+    d.set_item("streaming_ack_interval", cfg.stream_sender.ack_interval)?;
+    d.set_item("streaming_ack_progress_timeout", cfg.stream_sender.ack_progress_timeout.as_secs_f64())?;
+    d.set_item("streaming_stall_check_interval", cfg.stream_sender.stall_check_interval.as_secs_f64())?;
+    d.set_item("sfm_send_stall_consecutive_checks", cfg.stream_sender.stall_consecutive_checks)?;
+    d.set_item("sfm_close_stalled_connection", cfg.close_stalled_connection)?;
+    d.set_item("streaming_read_timeout", cfg.stream_receiver.read_timeout.as_secs_f64())?;
+    d.set_item("streaming_max_blob_size", cfg.stream_receiver.max_size)?;
+    d.set_item("streaming_max_out_seq_chunks", cfg.stream_receiver.max_out_of_order.unwrap_or(0))?;
     Ok(d.unbind())
 }

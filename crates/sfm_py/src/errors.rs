@@ -7,6 +7,7 @@ use pyo3::types::PyModule;
 
 use sfm_core::cell::CellError;
 use sfm_core::driver::DriverError;
+use sfm_core::stream::StreamError;
 
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -29,6 +30,20 @@ pub fn transport_error(message: String) -> PyErr {
 
 pub fn config_error(setting: &str, reason: &str) -> PyErr {
     raise("ConfigError", format!("setting {setting}: {reason}"))
+}
+
+pub fn from_stream_error(err: StreamError) -> PyErr {
+    let class = match &err {
+        e if e.is_stall() => "StallDetected",
+        StreamError::ReadTimeout { .. } => "FlareTimeoutError",
+        StreamError::TooLarge { .. } => "FrameTooLarge",
+        StreamError::Protocol(_) => "ProtocolError",
+        StreamError::Config(_) => "ConfigError",
+        StreamError::Aborted { .. } | StreamError::InvalidState { .. } | StreamError::AckStalled { .. } | StreamError::Stalled { .. } => {
+            "TransportError"
+        }
+    };
+    raise(class, err.to_string())
 }
 
 pub fn from_cell_error(err: CellError) -> PyErr {

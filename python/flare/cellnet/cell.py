@@ -87,6 +87,36 @@ class Cell:
 
         self._core.register_request_cb(channel, topic, handle)
 
+    def register_blob_cb(self, channel: str, topic: str, cb: Callable[[Message], None]) -> None:
+        """Receives whole blobs sent with ``send_blob`` to (``channel``, ``topic``): ``cb(blob: Message)``.
+
+        The payload is one buffer, allocated once at the announced size and filled as chunks arrive.
+        """
+
+        def handle(headers: dict[str, Any], payload: Any) -> None:
+            try:
+                cb(Message(headers, payload))
+            except Exception:
+                log.exception("blob handler for %s/%s failed", channel, topic)
+
+        self._core.register_blob_cb(channel, topic, handle)
+
+    def send_blob(
+        self,
+        target: str,
+        channel: str,
+        topic: str,
+        payload: Buffer,
+        *,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Streams ``payload`` to ``target`` in chunks under a flow-control window; returns when every byte has
+        been acknowledged. No size limit of its own. Raises ``StallDetected`` when the receiver stops
+        acknowledging for ``streaming_ack_progress_timeout``, ``TransportError`` when the stream is aborted (the
+        message says why, e.g. no blob handler on the receiver).
+        """
+        self._core.send_blob(target, channel, topic, payload, headers)
+
     def on_peer_event(self, cb: PeerCallback) -> None:
         """``cb(event, name, reason)`` with event ``"up"`` or ``"down"`` whenever a cell becomes (un)reachable."""
         self._core.on_peer_event(cb)

@@ -248,6 +248,11 @@ impl Cell {
         self.inner.send_stream(target, channel, topic, headers, payload).await
     }
 
+    /// Streams in progress, as (outgoing, incoming): for diagnostics and tests.
+    pub fn stream_counts(&self) -> (usize, usize) {
+        self.inner.stream_counts()
+    }
+
     pub fn on_peer_event(&self, callback: PeerCallback) {
         self.inner.peer_callbacks.write().expect("callbacks lock").push(callback);
     }

@@ -23,6 +23,9 @@ use super::{keys, CellInner, Message};
 pub const RETURN_CHANNEL: &str = "return_only";
 /// How often receivers are checked for their read timeout.
 const JANITOR_PERIOD: Duration = Duration::from_millis(500);
+/// How long an ended incoming stream is remembered, so that its chunks still in flight (an abort notice can overtake
+/// them on the control lane) are dropped instead of opening the stream again.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
 /// Handles a whole blob. Called on a transport thread: hand it off, never block.
 pub type BlobHandler = Arc<dyn Fn(Message) + Send + Sync>;
@@ -50,6 +53,8 @@ pub(super) struct Streams {
     ids: StreamIdGen,
     senders: Mutex<HashMap<u64, mpsc::UnboundedSender<SenderEvent>>>,
     receivers: Mutex<HashMap<(String, u64), Incoming>>,
+    /// Incoming streams that failed or were aborted, with when.
+    tombstones: Mutex<HashMap<(String, u64), std::time::Instant>>,
     blob_handlers: Mutex<HashMap<(String, String), BlobHandler>>,
 }
 
@@ -62,12 +67,21 @@ impl Streams {
             ids: StreamIdGen::new(base),
             senders: Mutex::new(HashMap::new()),
             receivers: Mutex::new(HashMap::new()),
+            tombstones: Mutex::new(HashMap::new()),
             blob_handlers: Mutex::new(HashMap::new()),
         }
     }
 
     pub(super) fn register_blob_handler(&self, channel: &str, topic: &str, handler: BlobHandler) {
         self.blob_handlers.lock().expect("blob handlers lock").insert((channel.into(), topic.into()), handler);
+    }
+
+    fn bury(&self, key: (String, u64)) {
+        self.tombstones.lock().expect("tombstones lock").insert(key, now_std());
+    }
+
+    fn is_buried(&self, key: &(String, u64)) -> bool {
+        self.tombstones.lock().expect("tombstones lock").contains_key(key)
     }
 
     fn blob_handler(&self, channel: &str, topic: &str) -> Option<BlobHandler> {
@@ -80,15 +94,22 @@ fn now_std() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-/// Removes a sender's ACK route however its task ends.
+/// Removes a sender's ACK route however its task ends, and tells the receiver when the sender gave up without a
+/// word (its future dropped mid-stream), so the receiver frees the stream now rather than at its read timeout.
 struct SenderGuard<'a> {
-    streams: &'a Streams,
+    cell: &'a Arc<CellInner>,
+    target: &'a str,
     id: u64,
+    ended: bool,
 }
 
 impl Drop for SenderGuard<'_> {
     fn drop(&mut self) {
-        self.streams.senders.lock().expect("senders lock").remove(&self.id);
+        self.cell.streams.senders.lock().expect("senders lock").remove(&self.id);
+        if !self.ended {
+            let err = StreamError::Aborted { by_peer: false, message: "the sender stopped before the end".into() };
+            self.cell.notify_stream_error(self.target, Some(ErrorHeader::new(self.id, &err)), wire::TOPIC_DATA);
+        }
     }
 }
 
@@ -108,7 +129,7 @@ impl CellInner {
         let id = streams.ids.next_id();
         let (tx, mut events) = mpsc::unbounded_channel();
         streams.senders.lock().expect("senders lock").insert(id, tx);
-        let _guard = SenderGuard { streams, id };
+        let mut guard = SenderGuard { cell: self, target, id, ended: false };
         let mut sender =
             StreamSender::new(id, channel, topic, payload.len() as u64, self.config.stream_sender.clone(), now_std())?;
         loop {
@@ -121,11 +142,13 @@ impl CellInner {
                 if let Err(reply) = self.send_message(msg, Instant::now() + self.config.send_timeout).await {
                     let why = reply.error().unwrap_or("chunk not sent").to_string();
                     sender.abort(why.clone());
+                    guard.ended = true;
                     self.notify_stream_error(target, sender.poll_error(), wire::TOPIC_DATA);
                     return Err(StreamError::Aborted { by_peer: false, message: why });
                 }
             }
             if sender.is_complete() {
+                guard.ended = true;
                 return Ok(());
             }
             let timer = sender.poll_timeout().map(Instant::from_std);
@@ -141,6 +164,7 @@ impl CellInner {
                 _ = sleep_until_opt(timer) => sender.handle_timeout(now_std()),
             };
             if let Err(err) = outcome {
+                guard.ended = true;
                 if err.is_stall() && self.config.close_stalled_connection {
                     self.close_connection_towards(target, &err.to_string());
                 }
@@ -187,7 +211,9 @@ impl CellInner {
             Some(wire::TOPIC_DATA) => match DataMessage::from_headers(&msg.headers) {
                 Ok(DataMessage::Chunk(header)) => self.handle_chunk(&origin, header, msg),
                 Ok(DataMessage::Error(notice)) => {
-                    let removed = self.streams.receivers.lock().expect("receivers lock").remove(&(origin, notice.stream_id));
+                    let key = (origin, notice.stream_id);
+                    let removed = self.streams.receivers.lock().expect("receivers lock").remove(&key);
+                    self.streams.bury(key);
                     if removed.is_some() {
                         tracing::warn!(cell = %self.fqcn, "incoming stream aborted by its sender: {}", notice.message);
                     }
@@ -211,6 +237,9 @@ impl CellInner {
 
     fn handle_chunk(self: &Arc<Self>, origin: &str, header: ChunkHeader, msg: Message) {
         let key = (origin.to_string(), header.stream_id);
+        if self.streams.is_buried(&key) {
+            return;
+        }
         let mut receivers = self.streams.receivers.lock().expect("receivers lock");
         if !receivers.contains_key(&key) {
             match self.open_incoming(&header, &msg) {
@@ -219,6 +248,7 @@ impl CellInner {
                 }
                 Err(err) => {
                     drop(receivers);
+                    self.streams.bury(key);
                     let mut notice = ErrorHeader::new(header.stream_id, &err);
                     notice.channel = Some(header.channel.clone());
                     notice.topic = Some(header.topic.clone());
@@ -241,6 +271,7 @@ impl CellInner {
             let notice = incoming.machine.poll_error();
             receivers.remove(&key);
             drop(receivers);
+            self.streams.bury(key);
             tracing::warn!(cell = %self.fqcn, "incoming stream from {origin:?} failed: {err}");
             return self.notify_stream_error(origin, notice, wire::TOPIC_ERROR);
         }
@@ -296,6 +327,12 @@ impl CellInner {
         }
     }
 
+    /// Streams in progress: (outgoing, incoming).
+    pub(super) fn stream_counts(&self) -> (usize, usize) {
+        let outgoing = self.streams.senders.lock().expect("senders lock").len();
+        (outgoing, self.streams.receivers.lock().expect("receivers lock").len())
+    }
+
     /// Fails incoming streams from a peer that went away, instead of leaving them to their read timeout.
     pub(super) fn drop_incoming_from(&self, origin: &str) {
         self.streams.receivers.lock().expect("receivers lock").retain(|(o, _), _| o != origin);
@@ -332,16 +369,18 @@ pub(super) async fn janitor(cell: Weak<CellInner>) {
         }
         let now = now_std();
         let mut failed = Vec::new();
-        cell.streams.receivers.lock().expect("receivers lock").retain(|(origin, _), incoming| {
+        cell.streams.receivers.lock().expect("receivers lock").retain(|key, incoming| {
             let due = incoming.machine.poll_timeout().is_some_and(|t| t <= now);
             if due && incoming.machine.handle_timeout(now).is_err() {
-                failed.push((origin.clone(), incoming.machine.poll_error()));
+                failed.push((key.clone(), incoming.machine.poll_error()));
                 return false;
             }
             true
         });
-        for (origin, notice) in failed {
-            cell.notify_stream_error(&origin, notice, wire::TOPIC_ERROR);
+        cell.streams.tombstones.lock().expect("tombstones lock").retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
+        for (key, notice) in failed {
+            cell.notify_stream_error(&key.0, notice, wire::TOPIC_ERROR);
+            cell.streams.bury(key);
         }
     }
 }
