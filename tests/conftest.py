@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from flare.cellnet import Cell
+from flare.config import CommSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 NVFLARE_PYTHON = Path(os.environ.get("FLARE_NVFLARE_PYTHON", ROOT / ".venv-nvflare" / "bin" / "python"))
 
@@ -96,7 +99,11 @@ def cell_node(fqcn: str, *, listen: str | None = None, parent: str | None = None
     if parent:
         argv += ["--parent", parent]
     for k, v in opts.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:
+            argv.append(flag)
+        elif v is not False:
+            argv += [flag, str(v)]
     return argv
 
 
@@ -106,3 +113,45 @@ def nvflare_python() -> Path:
     if not NVFLARE_PYTHON.exists():
         pytest.fail(f"{NVFLARE_PYTHON} is missing: run `make test`, which installs the test-only nvflare package")
     return NVFLARE_PYTHON
+
+
+HEARTBEAT_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def tree(peers):
+    """server ── relay-1 ── site-1, site-2 as four processes, plus a driver cell in this process."""
+    server = peers(cell_node("server", listen="tcp://127.0.0.1:0"))
+    server_url = server.expect("ready")["url"]
+    relay = peers(cell_node("relay-1", listen="tcp://127.0.0.1:0", parent=server_url))
+    relay_url = relay.expect("ready")["url"]
+    leaves = {name: peers(cell_node(name, parent=relay_url)) for name in ("site-1", "site-2")}
+    for leaf in leaves.values():
+        leaf.expect("ready")
+    settings = CommSettings.from_env(heartbeat_interval=0.5, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    driver = Cell("driver", parent_url=server_url, settings=settings).start()
+    assert driver.wait_for_peer("server", 10)
+    # Leaves are learned by the server through the relay's route advertisements.
+    wait_until(lambda: {"site-1", "site-2"} <= set(reachable(driver, "server")), 10)
+    yield driver, {"server": server, "relay-1": relay, **leaves}
+    driver.close()
+
+
+def wait_until(condition, timeout: float, step: float = 0.05) -> float:
+    """Polls ``condition`` until true; returns the seconds it took. Fails the test on timeout."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+def call(driver: Cell, cell: str, topic: str, order: dict, timeout: float = 10.0) -> dict:
+    reply = driver.request(cell, "test", topic, json.dumps(order).encode(), timeout=timeout)
+    assert reply.ok, (reply.return_code, reply.error)
+    return json.loads(bytes(reply.payload))
+
+
+def reachable(driver: Cell, cell: str) -> list[str]:
+    return call(driver, cell, "reachable", {})["reachable"]

@@ -11,52 +11,9 @@ import json
 import signal
 import time
 
-import pytest
+from flare.cellnet import ReturnCode
 
-from flare.cellnet import Cell, ReturnCode
-from flare.config import CommSettings
-
-from conftest import cell_node
-
-HEARTBEAT_TIMEOUT = 2.0
-
-
-@pytest.fixture
-def tree(peers):
-    server = peers(cell_node("server", listen="tcp://127.0.0.1:0"))
-    server_url = server.expect("ready")["url"]
-    relay = peers(cell_node("relay-1", listen="tcp://127.0.0.1:0", parent=server_url))
-    relay_url = relay.expect("ready")["url"]
-    leaves = {name: peers(cell_node(name, parent=relay_url)) for name in ("site-1", "site-2")}
-    for leaf in leaves.values():
-        leaf.expect("ready")
-    settings = CommSettings.from_env(heartbeat_interval=0.5, heartbeat_timeout=HEARTBEAT_TIMEOUT)
-    driver = Cell("driver", parent_url=server_url, settings=settings).start()
-    assert driver.wait_for_peer("server", 10)
-    # Leaves are learned by the server through the relay's route advertisements.
-    wait_until(lambda: {"site-1", "site-2"} <= set(reachable(driver, "server")), 10)
-    yield driver, {"server": server, "relay-1": relay, **leaves}
-    driver.close()
-
-
-def wait_until(condition, timeout: float, step: float = 0.05) -> float:
-    """Polls ``condition`` until true; returns the seconds it took. Fails the test on timeout."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - started
-
-
-def call(driver: Cell, cell: str, topic: str, order: dict, timeout: float = 10.0) -> dict:
-    reply = driver.request(cell, "test", topic, json.dumps(order).encode(), timeout=timeout)
-    assert reply.ok, (reply.return_code, reply.error)
-    return json.loads(bytes(reply.payload))
-
-
-def reachable(driver: Cell, cell: str) -> list[str]:
-    return call(driver, cell, "reachable", {})["reachable"]
+from conftest import HEARTBEAT_TIMEOUT, call, reachable, wait_until
 
 
 def test_leaf_to_leaf_request_goes_through_the_relay(tree):

@@ -36,7 +36,7 @@ class Cell:
     def send_blob(
         self, target: str, channel: str, topic: str, payload: Any = None, headers: _HeadersDict | None = None
     ) -> None:
-        """Streams `payload` to `target`'s blob callback; returns once every byte is acknowledged."""
+        """Streams `payload` to `target`'s blob callback; returns once the last chunk is handed to the network."""
     def on_peer_event(self, callback: Callable[[str, str, str], None]) -> None:
         """`callback(event, name, reason)` with event "up" or "down", run on the callback pool."""
     def request(

@@ -159,7 +159,7 @@ impl PyCell {
         );
     }
 
-    /// Streams `payload` to `target`'s blob callback for (channel, topic); returns once every byte is acknowledged.
+    /// Streams `payload` to `target`'s blob callback for (channel, topic); returns once the last chunk is sent.
     #[pyo3(signature = (target, channel, topic, payload=None, headers=None))]
     fn send_blob(
         &self,

@@ -110,8 +110,9 @@ class Cell:
         *,
         headers: dict[str, Any] | None = None,
     ) -> None:
-        """Streams ``payload`` to ``target`` in chunks under a flow-control window; returns when every byte has
-        been acknowledged. No size limit of its own. Raises ``StallDetected`` when the receiver stops
+        """Streams ``payload`` to ``target`` in chunks under a flow-control window; returns once the last chunk
+        has been handed to the network (the receiver's handler runs when the whole blob is in). No size limit of
+        its own. Raises ``StallDetected`` when the receiver stops
         acknowledging for ``streaming_ack_progress_timeout``, ``TransportError`` when the stream is aborted (the
         message says why, e.g. no blob handler on the receiver).
         """

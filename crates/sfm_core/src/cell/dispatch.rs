@@ -12,13 +12,36 @@ use super::{
     CONTROL_LANE_MAX_PAYLOAD,
 };
 
+/// How far `route_message` follows a message before returning.
+#[derive(Clone, Copy)]
+enum SendMode {
+    /// Until it is written to the socket.
+    Written,
+    /// Until it is queued on its connection.
+    Queued,
+}
+
 /// SFM application id of all cell traffic (NVFlare's `CoreCell.APP_ID`).
 pub const CELL_APP_ID: u16 = 1;
 
 impl CellInner {
     /// Sends `msg` one hop towards its `cn__destination`. Returns the direct peer it left through (`None` when
     /// delivered locally), or the error reply to give the requester.
-    pub(super) async fn send_message(self: &Arc<Self>, mut msg: Message, deadline: Instant) -> Result<Option<String>, Message> {
+    pub(super) async fn send_message(self: &Arc<Self>, msg: Message, deadline: Instant) -> Result<Option<String>, Message> {
+        self.route_message(msg, deadline, SendMode::Written).await
+    }
+
+    /// Like `send_message`, but returns once the message is queued on its connection (stream chunks).
+    pub(super) async fn queue_message(self: &Arc<Self>, msg: Message, deadline: Instant) -> Result<Option<String>, Message> {
+        self.route_message(msg, deadline, SendMode::Queued).await
+    }
+
+    async fn route_message(
+        self: &Arc<Self>,
+        mut msg: Message,
+        deadline: Instant,
+        mode: SendMode,
+    ) -> Result<Option<String>, Message> {
         let target = msg.header_str(keys::DESTINATION).unwrap_or_default().to_string();
         let hop = self.wait_for_route(&target, deadline).await;
         match hop {
@@ -38,7 +61,11 @@ impl CellInner {
                 msg.headers.insert(keys::TO, peer.as_str());
                 let lane = if msg.payload.len() <= CONTROL_LANE_MAX_PAYLOAD { Lane::Control } else { Lane::Bulk };
                 let frame = Frame::data(CELL_APP_ID, conn.next_stream_id(), msg.headers, msg.payload);
-                conn.send_frame(frame, lane, deadline).await.map_err(|e| send_error_reply(e, &target))?;
+                let sent = match mode {
+                    SendMode::Written => conn.send_frame(frame, lane, deadline).await,
+                    SendMode::Queued => conn.queue_frame(frame, lane, deadline).await,
+                };
+                sent.map_err(|e| send_error_reply(e, &target))?;
                 Ok(Some(peer))
             }
         }

@@ -236,7 +236,8 @@ impl Cell {
     }
 
     /// Streams `payload` to `target`'s blob handler for (`channel`, `topic`), with `headers`, and returns once the
-    /// receiver has acknowledged every byte. No size ceiling; only idle time counts against the stream's timeouts.
+    /// last chunk has been handed to the network (as NVFlare's `send_blob`). No size ceiling; only idle time counts
+    /// against the stream's timeouts.
     pub async fn send_blob(
         &self,
         target: &str,

@@ -115,8 +115,9 @@ impl Drop for SenderGuard<'_> {
 
 impl CellInner {
     /// Sends `payload` to `target` as a stream addressed to the app's `channel`/`topic`, with `headers` on every
-    /// chunk. Returns once the receiver has acknowledged every byte. Only idle time counts: the ACK-progress
-    /// watchdog and the stall rule fail a stream whose receiver stops, never one that keeps moving.
+    /// chunk. Returns once the last chunk has been handed to the network, the window having bounded what was in
+    /// flight all along. Only idle time counts: the ACK-progress watchdog and the stall rule fail a stream whose
+    /// receiver stops, never one that keeps moving.
     pub(super) async fn send_stream(
         self: &Arc<Self>,
         target: &str,
@@ -139,7 +140,7 @@ impl CellInner {
                 header.write_to(&mut chunk_headers);
                 let (start, end) = (plan.offset as usize, (plan.offset + plan.len) as usize);
                 let msg = self.new_message(target, wire::CHANNEL, wire::TOPIC_DATA, chunk_headers, payload.slice(start..end), None);
-                if let Err(reply) = self.send_message(msg, Instant::now() + self.config.send_timeout).await {
+                if let Err(reply) = self.queue_message(msg, Instant::now() + self.config.send_timeout).await {
                     let why = reply.error().unwrap_or("chunk not sent").to_string();
                     sender.abort(why.clone());
                     guard.ended = true;
@@ -147,7 +148,9 @@ impl CellInner {
                     return Err(StreamError::Aborted { by_peer: false, message: why });
                 }
             }
-            if sender.is_complete() {
+            // Done once the FINAL chunk is handed to the network, as in NVFlare, whose receivers never ACK the end
+            // of a stream: waiting for that ACK would fail every stream to an NVFlare peer.
+            if sender.all_sent() {
                 guard.ended = true;
                 return Ok(());
             }

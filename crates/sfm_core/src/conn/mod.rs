@@ -217,6 +217,17 @@ impl Connection {
         }
     }
 
+    /// Queues `frame` on `lane`, waiting (until `deadline`) only for room in the lane, not for the write. The frame
+    /// then waits in its lane as long as the connection lives: stream chunks use this, their window bounding what
+    /// is queued and their ACK watchdog catching a receiver that stops.
+    pub async fn queue_frame(&self, frame: Frame, lane: Lane, deadline: Instant) -> Result<(), ConnError> {
+        let started = Instant::now();
+        let far = started + Duration::from_secs(365 * 24 * 3600);
+        tokio::time::timeout_at(deadline, self.enqueue(frame, lane, far, None)).await.map_err(|_| {
+            ConnError::SendTimeout { peer: self.inner.peer_name.clone(), timeout: deadline.saturating_duration_since(started) }
+        })?
+    }
+
     /// Queues a frame without waiting for it to be written (PONGs, fire-and-forget). The control lane refuses when
     /// full rather than blocking.
     pub fn send_frame_nowait(&self, frame: Frame, lane: Lane, deadline: Instant) -> Result<(), ConnError> {
