@@ -241,3 +241,45 @@ async fn senders_giving_up_mid_stream_never_wedge_the_receiver() {
     client.close();
     server.close();
 }
+
+fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flare-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stream_to_disk_and_names_cannot_escape_the_directory() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let (src, dest) = (scratch_dir("src"), scratch_dir("dest"));
+    let (tx, mut files) = mpsc::unbounded_channel();
+    server.register_file_handler("test", "file", dest.clone(), Arc::new(move |h: Headers, path, size| {
+        let _ = tx.send((h, path, size));
+    }));
+    let content = pattern(20 * MIB + 11, 4);
+    let path = src.join("weights.bin");
+    std::fs::write(&path, &content).unwrap();
+    let sent = within(T, "file sent", client.send_file("server", "test", "file", Headers::new(), &path)).await.unwrap();
+    assert_eq!(sent, content.len() as u64);
+    let (headers, got, size) = within(T, "file received", files.recv()).await.unwrap();
+    assert_eq!((got.clone(), size), (dest.join("weights.bin"), content.len() as u64));
+    assert_eq!(headers.get_str("file_name"), Some("weights.bin"));
+    assert!(std::fs::read(&got).unwrap() == content);
+    assert!(!dest.join("weights.bin.part").exists());
+
+    for evil in ["../escape.bin", "/tmp/abs.bin", "sub/dir.bin", ".."] {
+        let mut h = Headers::new();
+        h.insert("file_name", evil);
+        let err = within(T, "refusal", client.send_file("server", "test", "file", h, &path)).await.unwrap_err();
+        assert!(err.to_string().contains("refusing file name"), "{evil}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1, "only the good file is in the directory");
+    assert!(!src.join("escape.bin").exists() && !std::env::temp_dir().join("escape.bin").exists());
+    let _ = (std::fs::remove_dir_all(&src), std::fs::remove_dir_all(&dest));
+    client.close();
+    server.close();
+}

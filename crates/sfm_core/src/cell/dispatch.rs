@@ -195,7 +195,8 @@ impl CellInner {
                 msg.headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
             }
             let channel = super::RETURN_CHANNEL;
-            if let Err(err) = self.send_stream(&origin, channel, &topic, msg.headers, msg.payload).await {
+            let source = super::files::Source::Memory(msg.payload);
+            if let Err(err) = self.send_stream(&origin, channel, &topic, msg.headers, source).await {
                 tracing::warn!(cell = %self.fqcn, "streamed reply to {origin:?} not delivered: {err}");
             }
             return;

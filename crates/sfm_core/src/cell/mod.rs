@@ -6,6 +6,7 @@
 //! queues them to its callback pool).
 
 mod dispatch;
+mod files;
 pub mod fqcn;
 mod message;
 mod peers;
@@ -14,6 +15,7 @@ mod streaming;
 
 pub use message::{encoding, keys, msg_type, Message, ReturnCode};
 pub use router::{Hop, RoutingTable};
+pub use files::{safe_file_name, FileHandler, FILE_NAME};
 pub use streaming::{BlobHandler, RETURN_CHANNEL};
 
 use std::collections::HashMap;
@@ -246,7 +248,35 @@ impl Cell {
         headers: Headers,
         payload: Bytes,
     ) -> Result<(), crate::stream::StreamError> {
-        self.inner.send_stream(target, channel, topic, headers, payload).await
+        self.inner.send_stream(target, channel, topic, headers, files::Source::Memory(payload)).await
+    }
+
+    /// Streams the file at `path` to `target`'s file handler for (`channel`, `topic`), read chunk by chunk: memory
+    /// stays bounded by the window whatever the file's size. The receiver names the file after `path`'s base name
+    /// (header `file_name`) inside its own directory. Returns the number of bytes sent.
+    pub async fn send_file(
+        &self,
+        target: &str,
+        channel: &str,
+        topic: &str,
+        mut headers: Headers,
+        path: &std::path::Path,
+    ) -> Result<u64, crate::stream::StreamError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !headers.contains_key(FILE_NAME) {
+            headers.insert(FILE_NAME, name);
+        }
+        let source = files::Source::open_file(path)?;
+        let len = source.len();
+        self.inner.send_stream(target, channel, topic, headers, source).await?;
+        Ok(len)
+    }
+
+    /// Receives files streamed with `send_file` to (`channel`, `topic`) into `dir`; `handler(headers, path, size)`
+    /// runs once a file is complete (it is written as `<name>.part` until then). Names that would leave `dir` are
+    /// refused and the sender told why.
+    pub fn register_file_handler(&self, channel: &str, topic: &str, dir: std::path::PathBuf, handler: FileHandler) {
+        self.inner.streams.register_file_handler(channel, topic, dir, handler);
     }
 
     /// Streams in progress, as (outgoing, incoming): for diagnostics and tests.
@@ -450,7 +480,7 @@ impl CellInner {
             if !headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
                 headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
             }
-            if let Err(err) = self.send_stream(target, channel, topic, headers, payload).await {
+            if let Err(err) = self.send_stream(target, channel, topic, headers, files::Source::Memory(payload)).await {
                 return Message::error_reply(
                     stream_return_code(&err),
                     format!("streaming the request to {target:?} failed: {err}"),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use crate::stream::wire::{self, keys as sm};
 use crate::stream::{AckHeader, AckMessage, ChunkHeader, DataMessage, ErrorHeader, StreamError, StreamIdGen};
 use crate::stream::{StreamReceiver, StreamSender};
 
+use super::files::{FileHandler, Finished, Sink, Source};
 use super::{keys, CellInner, Message};
 
 /// NVFlare's channel for replies to streamed requests.
@@ -38,13 +39,14 @@ enum SenderEvent {
 /// What a finished incoming stream is.
 enum Purpose {
     Blob(BlobHandler),
+    File(FileHandler),
     Request,
     Reply,
 }
 
 struct Incoming {
     machine: StreamReceiver,
-    buf: BytesMut,
+    sink: Sink,
     headers: Headers,
     purpose: Purpose,
 }
@@ -56,6 +58,7 @@ pub(super) struct Streams {
     /// Incoming streams that failed or were aborted, with when.
     tombstones: Mutex<HashMap<(String, u64), std::time::Instant>>,
     blob_handlers: Mutex<HashMap<(String, String), BlobHandler>>,
+    file_handlers: Mutex<HashMap<(String, String), (std::path::PathBuf, FileHandler)>>,
 }
 
 impl Streams {
@@ -69,11 +72,20 @@ impl Streams {
             receivers: Mutex::new(HashMap::new()),
             tombstones: Mutex::new(HashMap::new()),
             blob_handlers: Mutex::new(HashMap::new()),
+            file_handlers: Mutex::new(HashMap::new()),
         }
     }
 
     pub(super) fn register_blob_handler(&self, channel: &str, topic: &str, handler: BlobHandler) {
         self.blob_handlers.lock().expect("blob handlers lock").insert((channel.into(), topic.into()), handler);
+    }
+
+    pub(super) fn register_file_handler(&self, channel: &str, topic: &str, dir: std::path::PathBuf, handler: FileHandler) {
+        self.file_handlers.lock().expect("file handlers lock").insert((channel.into(), topic.into()), (dir, handler));
+    }
+
+    fn file_handler(&self, channel: &str, topic: &str) -> Option<(std::path::PathBuf, FileHandler)> {
+        self.file_handlers.lock().expect("file handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
     }
 
     fn bury(&self, key: (String, u64)) {
@@ -124,7 +136,7 @@ impl CellInner {
         channel: &str,
         topic: &str,
         headers: Headers,
-        payload: Bytes,
+        source: Source,
     ) -> Result<(), StreamError> {
         let streams = &self.streams;
         let id = streams.ids.next_id();
@@ -132,14 +144,14 @@ impl CellInner {
         streams.senders.lock().expect("senders lock").insert(id, tx);
         let mut guard = SenderGuard { cell: self, target, id, ended: false };
         let mut sender =
-            StreamSender::new(id, channel, topic, payload.len() as u64, self.config.stream_sender.clone(), now_std())?;
+            StreamSender::new(id, channel, topic, source.len(), self.config.stream_sender.clone(), now_std())?;
         loop {
             while let Some(plan) = sender.next_chunk() {
                 let header = sender.commit_chunk(plan, now_std())?;
                 let mut chunk_headers = headers.clone();
                 header.write_to(&mut chunk_headers);
-                let (start, end) = (plan.offset as usize, (plan.offset + plan.len) as usize);
-                let msg = self.new_message(target, wire::CHANNEL, wire::TOPIC_DATA, chunk_headers, payload.slice(start..end), None);
+                let data = source.chunk(plan.offset, plan.len)?;
+                let msg = self.new_message(target, wire::CHANNEL, wire::TOPIC_DATA, chunk_headers, data, None);
                 if let Err(reply) = self.queue_message(msg, Instant::now() + self.config.send_timeout).await {
                     let why = reply.error().unwrap_or("chunk not sent").to_string();
                     sender.abort(why.clone());
@@ -263,17 +275,21 @@ impl CellInner {
         let now = now_std();
         let result = incoming.machine.handle_chunk(&header, msg.payload, now).and_then(|deliveries| {
             for d in deliveries {
-                incoming.buf.extend_from_slice(&d.data);
+                if let Err(e) = incoming.sink.append(&d.data) {
+                    incoming.machine.abort(e.to_string());
+                    return Err(e);
+                }
             }
-            incoming.machine.on_consumed(incoming.buf.len() as u64, now)
+            incoming.machine.on_consumed(incoming.sink.len(), now)
         });
         if let Some(ack) = incoming.machine.poll_ack() {
             self.send_stream_control(origin, wire::TOPIC_ACK, ack.to_headers());
         }
         if let Err(err) = result {
             let notice = incoming.machine.poll_error();
-            receivers.remove(&key);
+            let failed = receivers.remove(&key).expect("present");
             drop(receivers);
+            failed.sink.discard();
             self.streams.bury(key);
             tracing::warn!(cell = %self.fqcn, "incoming stream from {origin:?} failed: {err}");
             return self.notify_stream_error(origin, notice, wire::TOPIC_ERROR);
@@ -287,12 +303,16 @@ impl CellInner {
 
     fn open_incoming(&self, header: &ChunkHeader, msg: &Message) -> Result<Incoming, StreamError> {
         let machine = StreamReceiver::new(header, self.config.stream_receiver.clone(), now_std())?;
-        let purpose = if header.channel == RETURN_CHANNEL {
-            Purpose::Reply
+        let headers = app_headers(&msg.headers, header);
+        let memory = || Sink::memory(machine.expected_size());
+        let (purpose, sink) = if header.channel == RETURN_CHANNEL {
+            (Purpose::Reply, memory())
         } else if msg.headers.contains_key(sm::REQ_ID) {
-            Purpose::Request
+            (Purpose::Request, memory())
+        } else if let Some((dir, handler)) = self.streams.file_handler(&header.channel, &header.topic) {
+            (Purpose::File(handler), Sink::file(&dir, &headers)?)
         } else if let Some(handler) = self.streams.blob_handler(&header.channel, &header.topic) {
-            Purpose::Blob(handler)
+            (Purpose::Blob(handler), memory())
         } else {
             return Err(StreamError::Aborted {
                 by_peer: false,
@@ -302,18 +322,24 @@ impl CellInner {
                 ),
             });
         };
-        let mut buf = match machine.expected_size() {
-            Some(size) => BytesMut::with_capacity(size as usize),
-            None => BytesMut::new(),
-        };
-        crate::conn::advise_huge_pages(&mut buf);
-        Ok(Incoming { machine, buf, headers: app_headers(&msg.headers, header), purpose })
+        Ok(Incoming { machine, sink, headers, purpose })
     }
 
     fn deliver_stream(self: &Arc<Self>, done: Incoming) {
-        let message = Message::new(done.headers, done.buf.freeze());
+        let payload = match done.sink.finish() {
+            Ok(Finished::Memory(bytes)) => bytes,
+            Ok(Finished::File { path, size }) => {
+                if let Purpose::File(handler) = done.purpose {
+                    handler(done.headers, path, size);
+                }
+                return;
+            }
+            Err(e) => return tracing::warn!(cell = %self.fqcn, "received stream could not be stored: {e}"),
+        };
+        let message = Message::new(done.headers, payload);
         match done.purpose {
             Purpose::Blob(handler) => handler(message),
+            Purpose::File(_) => unreachable!("file streams finish as files"),
             Purpose::Reply => self.deliver_reply_by(sm::REQ_ID, message),
             Purpose::Request => {
                 let mut message = message;
@@ -338,7 +364,17 @@ impl CellInner {
 
     /// Fails incoming streams from a peer that went away, instead of leaving them to their read timeout.
     pub(super) fn drop_incoming_from(&self, origin: &str) {
-        self.streams.receivers.lock().expect("receivers lock").retain(|(o, _), _| o != origin);
+        let dropped: Vec<Incoming> = self
+            .streams
+            .receivers
+            .lock()
+            .expect("receivers lock")
+            .extract_if(|(o, _), _| o == origin)
+            .map(|(_, incoming)| incoming)
+            .collect();
+        for incoming in dropped {
+            incoming.sink.discard();
+        }
     }
 }
 
@@ -371,18 +407,20 @@ pub(super) async fn janitor(cell: Weak<CellInner>) {
             return;
         }
         let now = now_std();
-        let mut failed = Vec::new();
-        cell.streams.receivers.lock().expect("receivers lock").retain(|key, incoming| {
-            let due = incoming.machine.poll_timeout().is_some_and(|t| t <= now);
-            if due && incoming.machine.handle_timeout(now).is_err() {
-                failed.push((key.clone(), incoming.machine.poll_error()));
-                return false;
-            }
-            true
-        });
+        let failed: Vec<((String, u64), Incoming)> = cell
+            .streams
+            .receivers
+            .lock()
+            .expect("receivers lock")
+            .extract_if(|_, incoming| {
+                let due = incoming.machine.poll_timeout().is_some_and(|t| t <= now);
+                due && incoming.machine.handle_timeout(now).is_err()
+            })
+            .collect();
         cell.streams.tombstones.lock().expect("tombstones lock").retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
-        for (key, notice) in failed {
-            cell.notify_stream_error(&key.0, notice, wire::TOPIC_ERROR);
+        for (key, mut incoming) in failed {
+            cell.notify_stream_error(&key.0, incoming.machine.poll_error(), wire::TOPIC_ERROR);
+            incoming.sink.discard();
             cell.streams.bury(key);
         }
     }
