@@ -1,5 +1,7 @@
 """Bindings of flare's Rust transport core. Use `flare.cellnet`; this module is its engine."""
 
+import os
+import pathlib
 from collections.abc import Callable
 from typing import Any, final
 
@@ -37,6 +39,18 @@ class Cell:
         self, target: str, channel: str, topic: str, payload: Any = None, headers: _HeadersDict | None = None
     ) -> None:
         """Streams `payload` to `target`'s blob callback; returns once the last chunk is handed to the network."""
+    def send_file(
+        self, target: str, channel: str, topic: str, path: str | os.PathLike[str], headers: _HeadersDict | None = None
+    ) -> int:
+        """Streams a file chunk by chunk to `target`'s file callback; returns the bytes sent."""
+    def register_file_cb(
+        self,
+        channel: str,
+        topic: str,
+        directory: str | os.PathLike[str],
+        callback: Callable[[_HeadersDict, pathlib.Path, int], None],
+    ) -> None:
+        """Writes files streamed to (channel, topic) into `directory`; `callback(headers, path, size)` when done."""
     def on_peer_event(self, callback: Callable[[str, str, str], None]) -> None:
         """`callback(event, name, reason)` with event "up" or "down", run on the callback pool."""
     def request(

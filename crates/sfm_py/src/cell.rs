@@ -180,6 +180,48 @@ impl PyCell {
         .map_err(from_stream_error)
     }
 
+    /// Streams the file at `path` to `target`'s file callback for (channel, topic); returns the bytes sent.
+    #[pyo3(signature = (target, channel, topic, path, headers=None))]
+    fn send_file(
+        &self,
+        py: Python<'_>,
+        target: &str,
+        channel: &str,
+        topic: &str,
+        path: std::path::PathBuf,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
+        self.check_process()?;
+        let headers = py_to_headers(headers)?;
+        let cell = self.cell.clone();
+        let (target, channel, topic) = (target.to_string(), channel.to_string(), topic.to_string());
+        runtime::wait(py, self.cell.runtime(), async move {
+            cell.send_file(&target, &channel, &topic, headers, &path).await
+        })?
+        .map_err(from_stream_error)
+    }
+
+    /// Files streamed to (channel, topic) are written into `directory`; `callback(headers, path, size)` runs on
+    /// the pool once each is complete.
+    fn register_file_cb(&self, channel: &str, topic: &str, directory: std::path::PathBuf, callback: Py<PyAny>) {
+        let pool = self.pool.clone();
+        let callback = Arc::new(callback);
+        self.cell.register_file_handler(
+            channel,
+            topic,
+            directory,
+            Arc::new(move |headers: Headers, path: std::path::PathBuf, size: u64| {
+                let callback = callback.clone();
+                pool.submit(move |py| {
+                    let outcome = headers_to_py(py, &headers).and_then(|h| callback.bind(py).call1((h, path, size)));
+                    if let Err(e) = outcome {
+                        e.display(py);
+                    }
+                });
+            }),
+        );
+    }
+
     /// `callback(event: "up" | "down", name: str, reason: str)`, run on the pool.
     fn on_peer_event(&self, callback: Py<PyAny>) {
         let pool = self.pool.clone();

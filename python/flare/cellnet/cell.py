@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -117,6 +118,20 @@ class Cell:
         message says why, e.g. no blob handler on the receiver).
         """
         self._core.send_blob(target, channel, topic, payload, headers)
+
+    def send_file(
+        self, target: str, channel: str, topic: str, path: str | os.PathLike[str], *, headers: dict[str, Any] | None = None
+    ) -> int:
+        """Streams a file, read chunk by chunk, to ``target``'s file receiver; returns the bytes sent. The
+        receiver names it by the header ``file_name`` (default: the file's base name)."""
+        return self._core.send_file(target, channel, topic, os.fspath(path), headers)
+
+    def register_file_cb(
+        self, channel: str, topic: str, directory: str | os.PathLike[str], cb: Callable[[dict[str, Any], str, int], None]
+    ) -> None:
+        """Writes files streamed to (``channel``, ``topic``) into ``directory``; ``cb(headers, path, size)`` runs
+        once each is complete (it is ``<name>.part`` until then)."""
+        self._core.register_file_cb(channel, topic, os.fspath(directory), cb)
 
     def on_peer_event(self, cb: PeerCallback) -> None:
         """``cb(event, name, reason)`` with event ``"up"`` or ``"down"`` whenever a cell becomes (un)reachable."""

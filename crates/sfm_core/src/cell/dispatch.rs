@@ -274,6 +274,9 @@ impl CellInner {
 
     async fn return_to_origin(self: &Arc<Self>, request_headers: &Headers, rc: ReturnCode, why: String) {
         tracing::warn!(cell = %self.fqcn, "{why}");
+        if self.stream_chunk_undeliverable(request_headers, &why) {
+            return;
+        }
         let is_request = request_headers.get_str(keys::MSG_TYPE).unwrap_or(msg_type::REQUEST) == msg_type::REQUEST;
         let wants_reply = request_headers.get(keys::REPLY_EXPECTED).and_then(Value::as_bool).unwrap_or(false);
         if !(is_request && wants_reply) {

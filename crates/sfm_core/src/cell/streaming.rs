@@ -356,6 +356,24 @@ impl CellInner {
         }
     }
 
+    /// A stream chunk this cell could not forward: tells the stream's sender, which fails at once instead of
+    /// waiting for ACKs that cannot come (NVFlare's relays do the same). Returns false for other messages.
+    pub(super) fn stream_chunk_undeliverable(self: &Arc<Self>, headers: &Headers, why: &str) -> bool {
+        if headers.get_str(keys::CHANNEL) != Some(wire::CHANNEL) {
+            return false;
+        }
+        if let (Ok(DataMessage::Chunk(chunk)), Some(origin)) =
+            (DataMessage::from_headers(headers), headers.get_str(keys::ORIGIN))
+        {
+            let err = StreamError::Aborted { by_peer: true, message: why.to_string() };
+            let mut notice = ErrorHeader::new(chunk.stream_id, &err);
+            notice.channel = Some(chunk.channel);
+            notice.topic = Some(chunk.topic);
+            self.notify_stream_error(origin, Some(notice), wire::TOPIC_ERROR);
+        }
+        true
+    }
+
     /// Streams in progress: (outgoing, incoming).
     pub(super) fn stream_counts(&self) -> (usize, usize) {
         let outgoing = self.streams.senders.lock().expect("senders lock").len();

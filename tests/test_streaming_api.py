@@ -1,0 +1,103 @@
+"""flare.streaming: blobs and files pushed between cells (here two cells of one process over loopback TCP)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from flare.cellnet import Cell
+from flare.errors import FlareError
+from flare.streaming import BlobStreamer, FileStreamer
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def pair():
+    server = Cell("server", listen="tcp://127.0.0.1:0").start()
+    client = Cell("site-1", parent_url=server.url).start()
+    assert client.wait_for_peer("server", 10) and server.wait_for_peer("site-1", 10)
+    yield server, client
+    client.close()
+    server.close()
+
+
+def test_blob_streamer_delivers_whole_blobs_with_headers(pair):
+    server, client = pair
+    got, done = [], threading.Event()
+    BlobStreamer(server).register_receiver("s", "blob", lambda m: (got.append(m), done.set()))
+    data = os.urandom(10 * MIB + 3)
+    result = BlobStreamer(client).send("server", "s", "blob", data, headers={"round": 3})
+    assert result.ok and result == {"server": None}
+    assert done.wait(10)
+    assert bytes(got[0].payload) == data and got[0].headers["round"] == 3 and got[0].origin == "site-1"
+    assert memoryview(got[0].payload).readonly
+
+
+def test_blob_streamer_reports_per_target_failures(pair):
+    _, client = pair
+    result = BlobStreamer(client).send(["server", "site-9"], "nobody", "home", os.urandom(64 * MIB))
+    assert not result.ok
+    assert "no blob handler" in str(result["server"]) and "site-9" in str(result["site-9"])
+    with pytest.raises(FlareError, match="site-9"):
+        result.raise_for_errors()
+
+
+def test_file_streamer_writes_into_the_receivers_directory(pair, tmp_path):
+    server, client = pair
+    dest, src = tmp_path / "dest", tmp_path / "src"
+    src.mkdir()
+    received, done = [], threading.Event()
+    FileStreamer(server).register_receiver("s", "file", dest, lambda path, headers: (received.append(path), done.set()))
+    content = os.urandom(33 * MIB + 1)
+    (src / "model.bin").write_bytes(content)
+    assert FileStreamer(client).send("server", "s", "file", src / "model.bin", file_name="global.bin").ok
+    assert done.wait(10)
+    assert received == [dest / "global.bin"]
+    assert hashlib.sha256((dest / "global.bin").read_bytes()).digest() == hashlib.sha256(content).digest()
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/tmp/absolute.bin", "nested/dir.bin"])
+def test_file_names_that_leave_the_directory_are_refused(pair, tmp_path, name):
+    server, client = pair
+    dest = tmp_path / "dest"
+    FileStreamer(server).register_receiver("s", "file", dest)
+    (tmp_path / "big.bin").write_bytes(os.urandom(40 * MIB))
+    result = FileStreamer(client).send("server", "s", "file", tmp_path / "big.bin", file_name=name)
+    assert "refusing file name" in str(result["server"])
+    assert list(dest.iterdir()) == [] and not (tmp_path / "outside.bin").exists()
+
+
+def test_missing_file_is_a_clear_error(pair, tmp_path):
+    _, client = pair
+    with pytest.raises(FileNotFoundError, match="no file to stream"):
+        FileStreamer(client).send("server", "s", "file", tmp_path / "nope.bin")
+
+
+def test_completion_callbacks_can_start_new_transfers(pair):
+    """Eight concurrent transfers whose completion callbacks each start another transfer all complete: callbacks run
+    on the callback pool, never on the threads that move stream bytes, so a callback may block on a stream."""
+    server, client = pair
+    returned, done = [], threading.Event()
+
+    def on_return(m):
+        returned.append(m.headers["n"])
+        if len(returned) == 8:
+            done.set()
+
+    def on_blob(m):  # runs on the server's callback pool and blocks there on a new stream back to the client
+        server.send_blob("site-1", "s", "back", m.payload, headers={"n": m.headers["n"]})
+
+    server.register_blob_cb("s", "there", on_blob)
+    client.register_blob_cb("s", "back", on_return)
+    senders = [threading.Thread(target=client.send_blob, args=("server", "s", "there", os.urandom(8 * MIB)),
+                                kwargs={"headers": {"n": n}}) for n in range(8)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(30)
+    assert done.wait(30), f"only {sorted(returned)} came back"
+    assert sorted(returned) == list(range(8))
