@@ -101,3 +101,32 @@ def test_completion_callbacks_can_start_new_transfers(pair):
         t.join(30)
     assert done.wait(30), f"only {sorted(returned)} came back"
     assert sorted(returned) == list(range(8))
+
+
+def test_reader_iterates_chunks_as_they_arrive(pair):
+    server, client = pair
+    out = {}
+    finished = threading.Event()
+
+    def read(reader):
+        digest, sizes = hashlib.sha256(), []
+        for chunk in reader:
+            digest.update(chunk)
+            sizes.append(len(chunk))
+        out.update(origin=reader.origin, size=reader.size, sha=digest.hexdigest(), chunks=len(sizes),
+                   note=reader.headers.get("note"))
+        finished.set()
+
+    server.register_stream_cb("s", "read", read)
+    data = os.urandom(40 * MIB + 17)
+    client.send_blob("server", "s", "read", data, headers={"note": "n"})
+    assert finished.wait(20)
+    assert out == {"origin": "site-1", "size": len(data), "sha": hashlib.sha256(data).hexdigest(),
+                   "chunks": 41, "note": "n"}
+
+
+def test_closing_a_reader_early_aborts_the_senders_stream(pair):
+    server, client = pair
+    server.register_stream_cb("s", "read", lambda reader: (reader.read_chunk(), reader.close()))
+    with pytest.raises(FlareError, match="reader stopped"):
+        client.send_blob("server", "s", "read", os.urandom(64 * MIB))

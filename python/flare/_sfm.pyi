@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, final
 
 __version__: str
-__all__ = ["Cell", "Payload", "__version__", "configure_runtime", "default_comm_config"]
+__all__ = ["Cell", "Payload", "StreamReader", "__version__", "configure_runtime", "default_comm_config"]
 
 _HeadersDict = dict[str, Any]
 
@@ -17,6 +17,23 @@ class Payload:
     def __len__(self) -> int: ...
     def __bytes__(self) -> bytes: ...
     def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class StreamReader:
+    """An incoming stream, read chunk by chunk in order as it arrives; iterate it, or call `read_chunk`."""
+
+    @property
+    def headers(self) -> _HeadersDict: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def size(self) -> int | None: ...
+    def read_chunk(self, timeout: float | None = None) -> Payload | None:
+        """The next chunk, or None at the end; waits at most `timeout` seconds (default streaming_read_timeout)."""
+    def __iter__(self) -> StreamReader: ...
+    def __next__(self) -> Payload: ...
+    def close(self) -> None:
+        """Stops reading; a stream not read to its end is aborted and its sender told."""
 
 @final
 class Cell:
@@ -39,6 +56,8 @@ class Cell:
         self, target: str, channel: str, topic: str, payload: Any = None, headers: _HeadersDict | None = None
     ) -> None:
         """Streams `payload` to `target`'s blob callback; returns once the last chunk is handed to the network."""
+    def register_stream_cb(self, channel: str, topic: str, callback: Callable[[StreamReader], None]) -> None:
+        """`callback(reader)` for each new stream to (channel, topic), as soon as its first chunk arrives."""
     def send_file(
         self, target: str, channel: str, topic: str, path: str | os.PathLike[str], headers: _HeadersDict | None = None
     ) -> int:

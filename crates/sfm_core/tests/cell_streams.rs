@@ -283,3 +283,47 @@ async fn files_stream_to_disk_and_names_cannot_escape_the_directory() {
     client.close();
     server.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_takes_chunks_as_they_arrive_and_paces_the_sender() {
+    let (server, client) = server_and_client(fast_config()).await;
+    let (tx, mut readers) = mpsc::unbounded_channel();
+    server.register_stream_reader("test", "read", Arc::new(move |r: sfm_core::cell::StreamReader| {
+        let _ = tx.send(r);
+    }));
+    let payload = pattern(64 * MIB + 5, 8);
+    let sending = {
+        let (client, payload) = (client.clone(), payload.clone());
+        tokio::spawn(async move { client.send_blob("server", "test", "read", Headers::new(), payload).await })
+    };
+    let mut reader = within(T, "a reader", readers.recv()).await.unwrap();
+    assert_eq!((reader.origin(), reader.size()), ("site-1", Some(64 * MIB as u64 + 5)));
+    // Nothing is taken yet: the sender is held by its window, however long the reader waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!sending.is_finished(), "the sender finished with nobody reading");
+    let mut got = Vec::with_capacity(payload.len());
+    while let Some(chunk) = reader.next_chunk(T).await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == payload, "chunks out of order or lost");
+    within(T, "send", sending).await.unwrap().unwrap();
+    within(T, "streams to drain", async {
+        while server.stream_counts() != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // A reader that stops early aborts the stream; the sender learns why.
+    let sending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_blob("server", "test", "read", Headers::new(), pattern(64 * MIB, 1)).await })
+    };
+    let mut reader = within(T, "a reader", readers.recv()).await.unwrap();
+    reader.next_chunk(T).await.unwrap().unwrap();
+    drop(reader);
+    let err = within(T, "the sender to fail", sending).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("reader stopped"), "{err}");
+    client.close();
+    server.close();
+}

@@ -180,6 +180,29 @@ impl PyCell {
         .map_err(from_stream_error)
     }
 
+    /// `callback(reader: StreamReader)` for each new stream to (channel, topic), run on the pool as soon as the
+    /// first chunk arrives; the reader yields chunks in order as they come.
+    fn register_stream_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
+        let pool = self.pool.clone();
+        let callback = Arc::new(callback);
+        let idle = self.cell.config().stream_receiver.read_timeout;
+        self.cell.register_stream_reader(
+            channel,
+            topic,
+            Arc::new(move |reader: sfm_core::cell::StreamReader| {
+                let callback = callback.clone();
+                pool.submit(move |py| {
+                    let outcome = crate::reader::PyStreamReader::new(py, reader, idle)
+                        .and_then(|r| Py::new(py, r))
+                        .and_then(|r| callback.bind(py).call1((r,)));
+                    if let Err(e) = outcome {
+                        e.display(py);
+                    }
+                });
+            }),
+        );
+    }
+
     /// Streams the file at `path` to `target`'s file callback for (channel, topic); returns the bytes sent.
     #[pyo3(signature = (target, channel, topic, path, headers=None))]
     fn send_file(

@@ -5,6 +5,7 @@ mod cell;
 mod convert;
 mod errors;
 mod payload;
+mod reader;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -15,6 +16,7 @@ fn _sfm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_logging();
     m.add_class::<cell::PyCell>()?;
     m.add_class::<payload::Payload>()?;
+    m.add_class::<reader::PyStreamReader>()?;
     m.add_function(wrap_pyfunction!(runtime::configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(convert::default_comm_config, m)?)?;
     Ok(())

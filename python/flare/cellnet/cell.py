@@ -119,6 +119,12 @@ class Cell:
         """
         self._core.send_blob(target, channel, topic, payload, headers)
 
+    def register_stream_cb(self, channel: str, topic: str, cb: Callable[[Any], None]) -> None:
+        """Reads streams to (``channel``, ``topic``) as they arrive: ``cb(reader)`` runs (on the callback pool) when
+        a stream's first chunk lands; iterate ``reader`` for its chunks, in order, each a zero-copy buffer. The
+        sender moves at the reader's pace; closing the reader early aborts the stream."""
+        self._core.register_stream_cb(channel, topic, cb)
+
     def send_file(
         self, target: str, channel: str, topic: str, path: str | os.PathLike[str], *, headers: dict[str, Any] | None = None
     ) -> int:

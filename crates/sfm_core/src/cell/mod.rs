@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod files;
+mod reader;
 pub mod fqcn;
 mod message;
 mod peers;
@@ -16,6 +17,7 @@ mod streaming;
 pub use message::{encoding, keys, msg_type, Message, ReturnCode};
 pub use router::{Hop, RoutingTable};
 pub use files::{safe_file_name, FileHandler, FILE_NAME};
+pub use reader::{ReaderHandler, StreamReader};
 pub use streaming::{BlobHandler, RETURN_CHANNEL};
 
 use std::collections::HashMap;
@@ -277,6 +279,12 @@ impl Cell {
     /// refused and the sender told why.
     pub fn register_file_handler(&self, channel: &str, topic: &str, dir: std::path::PathBuf, handler: FileHandler) {
         self.inner.streams.register_file_handler(channel, topic, dir, handler);
+    }
+
+    /// Hands each new stream to (`channel`, `topic`) to `handler` as a `StreamReader` as soon as its first chunk
+    /// arrives; the reader takes chunks in order as they come, and the sender moves at the reader's pace.
+    pub fn register_stream_reader(&self, channel: &str, topic: &str, handler: ReaderHandler) {
+        self.inner.streams.register_reader_handler(channel, topic, handler);
     }
 
     /// Streams in progress, as (outgoing, incoming): for diagnostics and tests.

@@ -17,7 +17,8 @@ use crate::stream::wire::{self, keys as sm};
 use crate::stream::{AckHeader, AckMessage, ChunkHeader, DataMessage, ErrorHeader, StreamError, StreamIdGen};
 use crate::stream::{StreamReceiver, StreamSender};
 
-use super::files::{FileHandler, Finished, Sink, Source};
+use super::files::{FileHandler, Finished, ReaderItem, Sink, Source};
+use super::reader::{ReaderHandler, StreamReader};
 use super::{keys, CellInner, Message};
 
 /// NVFlare's channel for replies to streamed requests.
@@ -40,6 +41,7 @@ enum SenderEvent {
 enum Purpose {
     Blob(BlobHandler),
     File(FileHandler),
+    Reader,
     Request,
     Reply,
 }
@@ -59,6 +61,7 @@ pub(super) struct Streams {
     tombstones: Mutex<HashMap<(String, u64), std::time::Instant>>,
     blob_handlers: Mutex<HashMap<(String, String), BlobHandler>>,
     file_handlers: Mutex<HashMap<(String, String), (std::path::PathBuf, FileHandler)>>,
+    reader_handlers: Mutex<HashMap<(String, String), ReaderHandler>>,
 }
 
 impl Streams {
@@ -73,6 +76,7 @@ impl Streams {
             tombstones: Mutex::new(HashMap::new()),
             blob_handlers: Mutex::new(HashMap::new()),
             file_handlers: Mutex::new(HashMap::new()),
+            reader_handlers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,6 +90,14 @@ impl Streams {
 
     fn file_handler(&self, channel: &str, topic: &str) -> Option<(std::path::PathBuf, FileHandler)> {
         self.file_handlers.lock().expect("file handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
+    }
+
+    pub(super) fn register_reader_handler(&self, channel: &str, topic: &str, handler: ReaderHandler) {
+        self.reader_handlers.lock().expect("reader handlers lock").insert((channel.into(), topic.into()), handler);
+    }
+
+    fn reader_handler(&self, channel: &str, topic: &str) -> Option<ReaderHandler> {
+        self.reader_handlers.lock().expect("reader handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
     }
 
     fn bury(&self, key: (String, u64)) {
@@ -256,10 +268,12 @@ impl CellInner {
             return;
         }
         let mut receivers = self.streams.receivers.lock().expect("receivers lock");
+        let mut new_reader = None;
         if !receivers.contains_key(&key) {
-            match self.open_incoming(&header, &msg) {
-                Ok(incoming) => {
+            match self.open_incoming(&key, &header, &msg) {
+                Ok((incoming, reader)) => {
                     receivers.insert(key.clone(), incoming);
+                    new_reader = reader;
                 }
                 Err(err) => {
                     drop(receivers);
@@ -275,12 +289,17 @@ impl CellInner {
         let now = now_std();
         let result = incoming.machine.handle_chunk(&header, msg.payload, now).and_then(|deliveries| {
             for d in deliveries {
-                if let Err(e) = incoming.sink.append(&d.data) {
+                if let Err(e) = incoming.sink.append(d.data) {
                     incoming.machine.abort(e.to_string());
                     return Err(e);
                 }
             }
-            incoming.machine.on_consumed(incoming.sink.len(), now)
+            if incoming.machine.all_received() {
+                if let Sink::Reader { tx, .. } = &incoming.sink {
+                    let _ = tx.send(ReaderItem::End);
+                }
+            }
+            incoming.machine.on_consumed(incoming.sink.consumed(), now)
         });
         if let Some(ack) = incoming.machine.poll_ack() {
             self.send_stream_control(origin, wire::TOPIC_ACK, ack.to_headers());
@@ -289,22 +308,66 @@ impl CellInner {
             let notice = incoming.machine.poll_error();
             let failed = receivers.remove(&key).expect("present");
             drop(receivers);
-            failed.sink.discard();
+            failed.sink.discard(&err);
             self.streams.bury(key);
             tracing::warn!(cell = %self.fqcn, "incoming stream from {origin:?} failed: {err}");
             return self.notify_stream_error(origin, notice, wire::TOPIC_ERROR);
         }
-        if incoming.machine.is_complete() {
-            let done = receivers.remove(&key).expect("present");
-            drop(receivers);
+        let done = if incoming.machine.is_complete() { receivers.remove(&key) } else { None };
+        drop(receivers);
+        if let Some((handler, reader)) = new_reader {
+            handler(reader);
+        }
+        if let Some(done) = done {
             self.deliver_stream(done);
         }
     }
 
-    fn open_incoming(&self, header: &ChunkHeader, msg: &Message) -> Result<Incoming, StreamError> {
+    /// A reader took more of its stream: acknowledge what is due, and retire the stream once it is all taken.
+    pub(super) fn stream_consumed(self: &Arc<Self>, key: &(String, u64)) {
+        let mut receivers = self.streams.receivers.lock().expect("receivers lock");
+        let Some(incoming) = receivers.get_mut(key) else { return };
+        let _ = incoming.machine.on_consumed(incoming.sink.consumed(), now_std());
+        if let Some(ack) = incoming.machine.poll_ack() {
+            self.send_stream_control(&key.0, wire::TOPIC_ACK, ack.to_headers());
+        }
+        if incoming.machine.is_complete() {
+            receivers.remove(key);
+        }
+    }
+
+    /// Ends an incoming stream from this side (its reader went away) and tells the sender.
+    pub(super) fn abort_incoming(self: &Arc<Self>, key: &(String, u64), why: &str) {
+        let removed = self.streams.receivers.lock().expect("receivers lock").remove(key);
+        let Some(mut incoming) = removed else { return };
+        incoming.machine.abort(why.to_string());
+        self.streams.bury(key.clone());
+        self.notify_stream_error(&key.0, incoming.machine.poll_error(), wire::TOPIC_ERROR);
+    }
+
+    fn open_incoming(
+        self: &Arc<Self>,
+        key: &(String, u64),
+        header: &ChunkHeader,
+        msg: &Message,
+    ) -> Result<(Incoming, Option<(ReaderHandler, StreamReader)>), StreamError> {
         let machine = StreamReceiver::new(header, self.config.stream_receiver.clone(), now_std())?;
         let headers = app_headers(&msg.headers, header);
         let memory = || Sink::memory(machine.expected_size());
+        if let Some(handler) = self.streams.reader_handler(&header.channel, &header.topic) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let reader = StreamReader::new(
+                headers.clone(),
+                machine.expected_size(),
+                rx,
+                consumed.clone(),
+                Arc::downgrade(self),
+                key.clone(),
+            );
+            let incoming = Incoming { machine, sink: Sink::Reader { tx, consumed }, headers, purpose: Purpose::Reader };
+            return Ok((incoming, Some((handler, reader))));
+        }
         let (purpose, sink) = if header.channel == RETURN_CHANNEL {
             (Purpose::Reply, memory())
         } else if msg.headers.contains_key(sm::REQ_ID) {
@@ -322,7 +385,7 @@ impl CellInner {
                 ),
             });
         };
-        Ok(Incoming { machine, sink, headers, purpose })
+        Ok((Incoming { machine, sink, headers, purpose }, None))
     }
 
     fn deliver_stream(self: &Arc<Self>, done: Incoming) {
@@ -334,12 +397,13 @@ impl CellInner {
                 }
                 return;
             }
+            Ok(Finished::Read) => return,
             Err(e) => return tracing::warn!(cell = %self.fqcn, "received stream could not be stored: {e}"),
         };
         let message = Message::new(done.headers, payload);
         match done.purpose {
             Purpose::Blob(handler) => handler(message),
-            Purpose::File(_) => unreachable!("file streams finish as files"),
+            Purpose::File(_) | Purpose::Reader => unreachable!("file and reader streams finish above"),
             Purpose::Reply => self.deliver_reply_by(sm::REQ_ID, message),
             Purpose::Request => {
                 let mut message = message;
@@ -390,8 +454,9 @@ impl CellInner {
             .extract_if(|(o, _), _| o == origin)
             .map(|(_, incoming)| incoming)
             .collect();
+        let gone = StreamError::Aborted { by_peer: true, message: format!("lost the connection to {origin:?}") };
         for incoming in dropped {
-            incoming.sink.discard();
+            incoming.sink.discard(&gone);
         }
     }
 }
@@ -437,8 +502,12 @@ pub(super) async fn janitor(cell: Weak<CellInner>) {
             .collect();
         cell.streams.tombstones.lock().expect("tombstones lock").retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
         for (key, mut incoming) in failed {
+            let why = incoming.machine.error().cloned().unwrap_or(StreamError::Aborted {
+                by_peer: false,
+                message: "read timeout".into(),
+            });
             cell.notify_stream_error(&key.0, incoming.machine.poll_error(), wire::TOPIC_ERROR);
-            incoming.sink.discard();
+            incoming.sink.discard(&why);
             cell.streams.bury(key);
         }
     }
