@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 
 import pytest
 
@@ -130,3 +131,66 @@ def test_closing_a_reader_early_aborts_the_senders_stream(pair):
     server.register_stream_cb("s", "read", lambda reader: (reader.read_chunk(), reader.close()))
     with pytest.raises(FlareError, match="reader stopped"):
         client.send_blob("server", "s", "read", os.urandom(64 * MIB))
+
+
+def test_object_streamer_round_trips_plain_data_safely(pair):
+    from flare.streaming import ObjectStreamer
+
+    server, client = pair
+    got, done = [], threading.Event()
+    ObjectStreamer(server).register_receiver("s", "obj", lambda obj, m: (got.append(obj), done.set()))
+    obj = {"round": 2, "metrics": {"acc": 0.91}, "blob": os.urandom(3 * MIB), "names": ["a", "b"]}
+    assert ObjectStreamer(client).send("server", "s", "obj", obj).ok
+    assert done.wait(10) and got == [obj]
+    with pytest.raises(FlareError, match="cannot stream a object"):
+        ObjectStreamer(client).send("server", "s", "obj", object())
+
+
+def test_container_streamer_sends_item_by_item(pair):
+    from flare.streaming import ContainerStreamer
+
+    server, client = pair
+    items, whole, done = [], [], threading.Event()
+    receiver = ContainerStreamer(server)
+    receiver.register_receiver("s", "items", on_item=lambda k, v, m: items.append((k, len(v))))
+    receiver.register_receiver("s", "whole", on_container=lambda c, origin: (whole.append((c, origin)), done.set()))
+    model = {f"layer{i}": os.urandom(2 * MIB + i) for i in range(6)}
+    sender = ContainerStreamer(client)
+    assert sender.send("server", "s", "items", model).ok
+    assert sender.send("server", "s", "whole", model).ok
+    assert done.wait(20)
+    assert whole == [(model, "site-1")]
+    deadline = time.monotonic() + 10
+    while len(items) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(items) == sorted((k, len(v)) for k, v in model.items())
+
+
+def test_log_streamer_tails_a_growing_file(pair, tmp_path):
+    from flare.streaming import LogStreamer
+
+    server, client = pair
+    dest, done = tmp_path / "logs", threading.Event()
+    LogStreamer.register_receiver(server, "s", "log", dest, on_eof=lambda path: done.set())
+    log_file = tmp_path / "train.log"
+    log_file.write_text("")
+    tail = LogStreamer(client, interval=0.05).start("server", "s", "log", log_file)
+    with open(log_file, "a") as f:
+        for i in range(200):
+            f.write(f"step {i} loss {1.0 / (i + 1):.4f}\n")
+            f.flush()
+            if i % 50 == 0:
+                time.sleep(0.1)
+    tail.stop()
+    assert done.wait(10)
+    assert (dest / "train.log").read_text() == log_file.read_text()
+
+
+def test_an_empty_container_arrives_empty(pair):
+    from flare.streaming import ContainerStreamer
+
+    server, client = pair
+    got, done = [], threading.Event()
+    ContainerStreamer(server).register_receiver("s", "c", on_container=lambda c, o: (got.append(c), done.set()))
+    assert ContainerStreamer(client).send("server", "s", "c", []).ok
+    assert done.wait(10) and got == [[]]

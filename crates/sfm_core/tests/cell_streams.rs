@@ -267,13 +267,13 @@ async fn files_stream_to_disk_and_names_cannot_escape_the_directory() {
     assert_eq!(sent, content.len() as u64);
     let (headers, got, size) = within(T, "file received", files.recv()).await.unwrap();
     assert_eq!((got.clone(), size), (dest.join("weights.bin"), content.len() as u64));
-    assert_eq!(headers.get_str("file_name"), Some("weights.bin"));
+    assert_eq!(headers.get_str(sfm_core::cell::FILE_NAME), Some("weights.bin"));
     assert!(std::fs::read(&got).unwrap() == content);
     assert!(!dest.join("weights.bin.part").exists());
 
     for evil in ["../escape.bin", "/tmp/abs.bin", "sub/dir.bin", ".."] {
         let mut h = Headers::new();
-        h.insert("file_name", evil);
+        h.insert(sfm_core::cell::FILE_NAME, evil);
         let err = within(T, "refusal", client.send_file("server", "test", "file", h, &path)).await.unwrap_err();
         assert!(err.to_string().contains("refusing file name"), "{evil}: {err}");
     }

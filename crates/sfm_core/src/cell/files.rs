@@ -13,7 +13,7 @@ use crate::frame::Headers;
 use crate::stream::StreamError;
 
 /// Header naming the file a file stream carries (a base name; the receiver chooses the directory).
-pub const FILE_NAME: &str = "file_name";
+pub const FILE_NAME: &str = "Streamer.file_name";
 
 /// Handles a received file: its headers, where it was written, and its size. Called on a transport thread.
 pub type FileHandler = Arc<dyn Fn(Headers, PathBuf, u64) + Send + Sync>;

@@ -1,0 +1,136 @@
+"""Objects and containers, serialized and streamed.
+
+Serialization is msgpack of plain data (None, bool, int, float, str, bytes, list, dict): nothing read from the wire
+can name a type to build, so deserialization cannot run code. (Richer objects arrive with FOBS.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+
+from flare.cellnet import Cell, Message
+from flare.errors import SerializationError
+from flare.streaming.blob import StreamResult, push_each
+from flare.streaming.keys import Streamer
+
+log = logging.getLogger(__name__)
+
+_RAW = "raw"
+_MSGPACK = "msgpack"
+
+
+def encode(value: Any) -> tuple[Any, str]:
+    """Bytes-like values travel as they are (no copy); anything else as msgpack."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return value, _RAW
+    try:
+        return msgpack.packb(value, use_bin_type=True), _MSGPACK
+    except (TypeError, ValueError) as e:
+        raise SerializationError(f"cannot stream a {type(value).__name__}: {e}") from None
+
+
+def decode(payload: Any, encoding: str) -> Any:
+    if encoding == _RAW:
+        return payload
+    if encoding != _MSGPACK:
+        raise SerializationError(f"unknown stream encoding {encoding!r}")
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise SerializationError(f"corrupt streamed object: {e}") from None
+
+
+class ObjectStreamer:
+    """Pushes one object, serialized, as a stream."""
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+
+    def send(self, targets: str | Iterable[str], channel: str, topic: str, obj: Any) -> StreamResult:
+        payload, encoding = encode(obj)
+        headers = {Streamer.KEY_ENCODING: encoding}
+        return push_each(targets, lambda t: self.cell.send_blob(t, channel, topic, payload, headers=headers))
+
+    def register_receiver(self, channel: str, topic: str, on_object: Callable[[Any, Message], None]) -> None:
+        """``on_object(obj, message)`` for each object received."""
+
+        def received(m: Message) -> None:
+            try:
+                obj = decode(m.payload, m.get_header(Streamer.KEY_ENCODING, _MSGPACK))
+            except SerializationError as e:
+                log.warning("object from %s dropped: %s", m.origin, e)
+                return
+            on_object(obj, m)
+
+        self.cell.register_blob_cb(channel, topic, received)
+
+
+class ContainerStreamer:
+    """Pushes a dict or list item by item: each item is its own stream, so peak memory on each side is the largest
+    item plus the window, not the whole container (the receiver may take items one by one with ``on_item``)."""
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+
+    def send(self, targets: str | Iterable[str], channel: str, topic: str, container: dict | list) -> StreamResult:
+        if isinstance(container, dict):
+            kind, items = "dict", list(container.items())
+        elif isinstance(container, (list, tuple)):
+            kind, items = "list", list(enumerate(container))
+        else:
+            raise SerializationError(f"ContainerStreamer streams a dict or a list, not a {type(container).__name__}")
+
+        def send_all(target: str) -> None:
+            cid = uuid.uuid4().hex
+            for index, (key, value) in enumerate(items):
+                payload, encoding = encode(value)
+                headers = {Streamer.KEY_CONTAINER_ID: cid, Streamer.KEY_CONTAINER_KIND: kind,
+                           Streamer.KEY_ITEM_KEY: key, Streamer.KEY_ITEM_INDEX: index,
+                           Streamer.KEY_ITEM_COUNT: len(items), Streamer.KEY_ENCODING: encoding}
+                self.cell.send_blob(target, channel, topic, payload, headers=headers)
+            if not items:
+                headers = {Streamer.KEY_CONTAINER_ID: cid, Streamer.KEY_CONTAINER_KIND: kind,
+                           Streamer.KEY_ITEM_COUNT: 0, Streamer.KEY_EOF: True}
+                self.cell.send_blob(target, channel, topic, b"", headers=headers)
+
+        return push_each(targets, send_all)
+
+    def register_receiver(
+        self,
+        channel: str,
+        topic: str,
+        *,
+        on_item: Callable[[Any, Any, Message], None] | None = None,
+        on_container: Callable[[dict | list, str], None] | None = None,
+    ) -> None:
+        """``on_item(key, value, message)`` as each item arrives; without it, items are gathered and
+        ``on_container(container, origin)`` runs once all have arrived."""
+        pending: dict[str, dict] = {}
+        lock = threading.Lock()  # items of one container may complete on different callback threads
+
+        def received(m: Message) -> None:
+            cid, count = m.get_header(Streamer.KEY_CONTAINER_ID), m.get_header(Streamer.KEY_ITEM_COUNT, 0)
+            kind = m.get_header(Streamer.KEY_CONTAINER_KIND)
+            if count and on_item is not None:
+                on_item(m.get_header(Streamer.KEY_ITEM_KEY), decode(m.payload, m.get_header(Streamer.KEY_ENCODING)), m)
+            if on_container is None:
+                return
+            with lock:
+                items = pending.setdefault(cid, {})
+                if count:
+                    value = decode(m.payload, m.get_header(Streamer.KEY_ENCODING))
+                    items[m.get_header(Streamer.KEY_ITEM_INDEX)] = (m.get_header(Streamer.KEY_ITEM_KEY), value)
+                if len(items) != count:
+                    return
+                del pending[cid]
+            ordered = [items[i] for i in range(count)]
+            container = dict(ordered) if kind == "dict" else [v for _, v in ordered]
+            on_container(container, m.origin)
+
+        self.cell.register_blob_cb(channel, topic, received)
