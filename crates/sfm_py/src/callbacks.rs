@@ -20,7 +20,7 @@ impl CallbackPool {
             let rx = rx.clone();
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    Python::attach(|py| job(py));
+                    Python::attach(job);
                 }
             })?;
         }

@@ -265,6 +265,7 @@ impl PyCell {
 
     /// Sends a request; returns `(headers, payload)` of the reply, whose `cn__return_code` says how it went.
     #[pyo3(signature = (target, channel, topic, payload=None, headers=None, timeout=10.0))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn request(
         &self,
         py: Python<'_>,
@@ -287,6 +288,7 @@ impl PyCell {
 
     /// Sends one request to each target concurrently; returns `[(target, headers, payload)]`.
     #[pyo3(signature = (targets, channel, topic, payload=None, headers=None, timeout=10.0))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn broadcast(
         &self,
         py: Python<'_>,
