@@ -273,15 +273,16 @@ impl CellInner {
     }
 
     async fn return_to_origin(self: &Arc<Self>, request_headers: &Headers, rc: ReturnCode, why: String) {
-        tracing::warn!(cell = %self.fqcn, "{why}");
+        // The sender is told, so this cell need not shout; a message nobody can be told about is worth a warning.
         if self.stream_chunk_undeliverable(request_headers, &why) {
-            return;
+            return tracing::debug!(cell = %self.fqcn, "{why}");
         }
         let is_request = request_headers.get_str(keys::MSG_TYPE).unwrap_or(msg_type::REQUEST) == msg_type::REQUEST;
         let wants_reply = request_headers.get(keys::REPLY_EXPECTED).and_then(Value::as_bool).unwrap_or(false);
         if !(is_request && wants_reply) {
-            return;
+            return tracing::warn!(cell = %self.fqcn, "dropped: {why}");
         }
+        tracing::debug!(cell = %self.fqcn, "returned to the sender: {why}");
         let mut reply = Message::error_reply(rc, why);
         reply.headers.insert(keys::RETURN_REASON, "cant_forward");
         self.send_reply(request_headers, reply).await;
