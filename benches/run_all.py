@@ -125,7 +125,8 @@ def render_doc(machine: dict[str, Any], command: str, docs: list[dict[str, Any]]
         "",
         f"Written by `{command}` (what `make bench` runs) on {machine['date']}; run it again to refresh this page.",
         "The scripts are in `benches/`: `harness.py` (processes, memory, tables, the raw TCP reference), "
-        "`bench_cellnet.py`, `test_bench_cellnet_inprocess.py`, and `run_all.py`.",
+        + ", ".join(f"`{p.name}`" for p in sorted(HERE.glob("bench_*.py")) + sorted(HERE.glob("test_bench_*.py")))
+        + ", and `run_all.py`.",
         "",
         "## Machine",
         "",
@@ -148,6 +149,8 @@ def render_doc(machine: dict[str, Any], command: str, docs: list[dict[str, Any]]
     ]
     for doc in docs:
         lines += [f"## {doc['title']}", "", f"`{doc['command']}` ({doc['elapsed_s']:.0f} s)", ""]
+        if doc.get("how_to_read"):  # a bench's own reading notes, where the page-wide ones above do not cover it
+            lines += [doc["how_to_read"], ""]
         for sec in doc["sections"]:
             lines += [f"### {sec['title']}", "", markdown_table(sec["headers"], sec["rows"], digits=sec.get("digits", 1)), ""]
             for note in sec.get("notes", []):
