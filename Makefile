@@ -36,7 +36,7 @@ run: build
 test: build test-rust test-python
 
 test-rust:
-	cargo test --workspace --release
+	timeout 1200 cargo test --workspace --release
 	cargo run --quiet --release -p embed-rust
 
 test-python: build wheel $(NVFLARE)

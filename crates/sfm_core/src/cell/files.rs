@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -56,15 +55,6 @@ impl Source {
 pub(super) enum Sink {
     Memory(BytesMut),
     File { file: File, partial: PathBuf, target: PathBuf, written: u64 },
-    /// Chunks handed, in order, to the application's `StreamReader`; consumed when it takes them.
-    Reader { tx: tokio::sync::mpsc::UnboundedSender<ReaderItem>, consumed: Arc<AtomicU64> },
-}
-
-/// What a `StreamReader` receives.
-pub(super) enum ReaderItem {
-    Data(Bytes),
-    End,
-    Failed(StreamError),
 }
 
 impl Sink {
@@ -87,40 +77,21 @@ impl Sink {
         Ok(Sink::File { file, partial, target, written: 0 })
     }
 
-    pub(super) fn append(&mut self, data: Bytes) -> Result<(), StreamError> {
+    pub(super) fn append(&mut self, data: &[u8]) -> Result<(), StreamError> {
         match self {
-            Sink::Memory(buf) => buf.extend_from_slice(&data),
+            Sink::Memory(buf) => buf.extend_from_slice(data),
             Sink::File { file, partial, written, .. } => {
-                file.write_all(&data).map_err(|e| io_error("cannot write", partial, &e))?;
+                file.write_all(data).map_err(|e| io_error("cannot write", partial, &e))?;
                 *written += data.len() as u64;
-            }
-            Sink::Reader { tx, .. } => {
-                // The reader going away is noticed by its own drop, which aborts the stream.
-                let _ = tx.send(ReaderItem::Data(data));
             }
         }
         Ok(())
     }
 
-    /// Bytes the application has taken: everything stored, or what a reader has consumed.
-    pub(super) fn consumed(&self) -> u64 {
-        match self {
-            Sink::Memory(buf) => buf.len() as u64,
-            Sink::File { written, .. } => *written,
-            Sink::Reader { consumed, .. } => consumed.load(Ordering::Acquire),
-        }
-    }
-
-    /// Removes what a failed stream left behind, and tells a reader why it ends.
-    pub(super) fn discard(self, why: &StreamError) {
-        match self {
-            Sink::File { partial, .. } => {
-                let _ = std::fs::remove_file(partial);
-            }
-            Sink::Reader { tx, .. } => {
-                let _ = tx.send(ReaderItem::Failed(why.clone()));
-            }
-            Sink::Memory(_) => {}
+    /// Removes what a failed stream left behind.
+    pub(super) fn discard(self) {
+        if let Sink::File { partial, .. } = self {
+            let _ = std::fs::remove_file(partial);
         }
     }
 }
@@ -129,15 +100,12 @@ impl Sink {
 pub(super) enum Finished {
     Memory(Bytes),
     File { path: PathBuf, size: u64 },
-    /// A reader took every chunk.
-    Read,
 }
 
 impl Sink {
     pub(super) fn finish(self) -> Result<Finished, StreamError> {
         match self {
             Sink::Memory(buf) => Ok(Finished::Memory(buf.freeze())),
-            Sink::Reader { .. } => Ok(Finished::Read),
             Sink::File { file, partial, target, written } => {
                 file.sync_all().map_err(|e| io_error("cannot flush", &partial, &e))?;
                 drop(file);

@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod files;
+mod incoming;
 mod reader;
 pub mod fqcn;
 mod message;

@@ -12,8 +12,14 @@ use tokio::sync::mpsc;
 use crate::frame::Headers;
 use crate::stream::StreamError;
 
-use super::files::ReaderItem;
 use super::CellInner;
+
+/// What a `StreamReader` receives.
+pub(super) enum ReaderItem {
+    Data(Bytes),
+    End,
+    Failed(StreamError),
+}
 
 /// Receives each new stream addressed to its (channel, topic). Called on a transport thread: hand the reader off.
 pub type ReaderHandler = Arc<dyn Fn(StreamReader) + Send + Sync>;
@@ -44,6 +50,10 @@ impl StreamReader {
     /// The stream's application headers (as a blob handler would see them).
     pub fn headers(&self) -> &Headers {
         &self.headers
+    }
+
+    pub(super) fn key(&self) -> &(String, u64) {
+        &self.key
     }
 
     /// The sending cell.

@@ -1,4 +1,4 @@
-//! Drives push streams for a cell: sends a payload as chunk messages under the window, feeds incoming chunks and
+//! Drives push streams for a cell: sends a payload as chunk messages under the window, routes incoming chunks and
 //! ACKs to the sans-IO machines of `crate::stream`, and delivers what a stream carried: a blob to its handler, a
 //! streamed request to the request handler, a streamed reply to its requester (NVFlare's `Cell` protocol: replies
 //! to a streamed request come back as a blob on channel `return_only`, topic `<channel>:<topic>`, matched by
@@ -12,13 +12,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::frame::{Headers, Value};
-use crate::stream::wire::{self, keys as sm};
-use crate::stream::{AckHeader, AckMessage, ChunkHeader, DataMessage, ErrorHeader, StreamError, StreamIdGen};
-use crate::stream::{StreamReceiver, StreamSender};
+use crate::frame::Headers;
+use crate::stream::wire;
+use crate::stream::{AckHeader, AckMessage, DataMessage, ErrorHeader, StreamError, StreamIdGen, StreamSender};
 
-use super::files::{FileHandler, Finished, ReaderItem, Sink, Source};
-use super::reader::{ReaderHandler, StreamReader};
+use super::files::{FileHandler, Source};
+use super::incoming::Incoming;
+use super::reader::ReaderHandler;
 use super::{keys, CellInner, Message};
 
 /// NVFlare's channel for replies to streamed requests.
@@ -37,26 +37,10 @@ enum SenderEvent {
     PeerError(String),
 }
 
-/// What a finished incoming stream is.
-enum Purpose {
-    Blob(BlobHandler),
-    File(FileHandler),
-    Reader,
-    Request,
-    Reply,
-}
-
-struct Incoming {
-    machine: StreamReceiver,
-    sink: Sink,
-    headers: Headers,
-    purpose: Purpose,
-}
-
 pub(super) struct Streams {
     ids: StreamIdGen,
     senders: Mutex<HashMap<u64, mpsc::UnboundedSender<SenderEvent>>>,
-    receivers: Mutex<HashMap<(String, u64), Incoming>>,
+    pub(super) receivers: Mutex<HashMap<(String, u64), Incoming>>,
     /// Incoming streams that failed or were aborted, with when.
     tombstones: Mutex<HashMap<(String, u64), std::time::Instant>>,
     blob_handlers: Mutex<HashMap<(String, String), BlobHandler>>,
@@ -88,7 +72,7 @@ impl Streams {
         self.file_handlers.lock().expect("file handlers lock").insert((channel.into(), topic.into()), (dir, handler));
     }
 
-    fn file_handler(&self, channel: &str, topic: &str) -> Option<(std::path::PathBuf, FileHandler)> {
+    pub(super) fn file_handler(&self, channel: &str, topic: &str) -> Option<(std::path::PathBuf, FileHandler)> {
         self.file_handlers.lock().expect("file handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
     }
 
@@ -96,25 +80,25 @@ impl Streams {
         self.reader_handlers.lock().expect("reader handlers lock").insert((channel.into(), topic.into()), handler);
     }
 
-    fn reader_handler(&self, channel: &str, topic: &str) -> Option<ReaderHandler> {
+    pub(super) fn reader_handler(&self, channel: &str, topic: &str) -> Option<ReaderHandler> {
         self.reader_handlers.lock().expect("reader handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
     }
 
-    fn bury(&self, key: (String, u64)) {
+    pub(super) fn bury(&self, key: (String, u64)) {
         self.tombstones.lock().expect("tombstones lock").insert(key, now_std());
     }
 
-    fn is_buried(&self, key: &(String, u64)) -> bool {
+    pub(super) fn is_buried(&self, key: &(String, u64)) -> bool {
         self.tombstones.lock().expect("tombstones lock").contains_key(key)
     }
 
-    fn blob_handler(&self, channel: &str, topic: &str) -> Option<BlobHandler> {
+    pub(super) fn blob_handler(&self, channel: &str, topic: &str) -> Option<BlobHandler> {
         let handlers = self.blob_handlers.lock().expect("blob handlers lock");
         handlers.get(&(channel.to_string(), topic.to_string())).or_else(|| handlers.get(&(channel.to_string(), "*".to_string()))).cloned()
     }
 }
 
-fn now_std() -> std::time::Instant {
+pub(super) fn now_std() -> std::time::Instant {
     Instant::now().into_std()
 }
 
@@ -210,7 +194,7 @@ impl CellInner {
         }
     }
 
-    fn notify_stream_error(self: &Arc<Self>, target: &str, notice: Option<ErrorHeader>, topic: &'static str) {
+    pub(super) fn notify_stream_error(self: &Arc<Self>, target: &str, notice: Option<ErrorHeader>, topic: &'static str) {
         let Some(notice) = notice else { return };
         let topics: &[&'static str] =
             if topic == wire::TOPIC_ERROR { &[wire::TOPIC_ERROR, wire::TOPIC_ACK] } else { &[wire::TOPIC_DATA] };
@@ -220,7 +204,7 @@ impl CellInner {
     }
 
     /// ACKs and error notices: small messages, sent in the background.
-    fn send_stream_control(self: &Arc<Self>, target: &str, topic: &str, headers: Headers) {
+    pub(super) fn send_stream_control(self: &Arc<Self>, target: &str, topic: &str, headers: Headers) {
         let msg = self.new_message(target, wire::CHANNEL, topic, headers, Bytes::new(), None);
         let inner = self.clone();
         self.handle.spawn(async move {
@@ -241,8 +225,9 @@ impl CellInner {
                     let key = (origin, notice.stream_id);
                     let removed = self.streams.receivers.lock().expect("receivers lock").remove(&key);
                     self.streams.bury(key);
-                    if removed.is_some() {
+                    if let Some(incoming) = removed {
                         tracing::warn!(cell = %self.fqcn, "incoming stream aborted by its sender: {}", notice.message);
+                        incoming.fail(StreamError::Aborted { by_peer: true, message: notice.message });
                     }
                 }
                 Err(e) => tracing::warn!(cell = %self.fqcn, "bad stream chunk from {origin:?}: {e}"),
@@ -259,164 +244,6 @@ impl CellInner {
                 }
             }
             other => tracing::warn!(cell = %self.fqcn, "unknown stream topic {other:?} from {origin:?}"),
-        }
-    }
-
-    fn handle_chunk(self: &Arc<Self>, origin: &str, header: ChunkHeader, msg: Message) {
-        let key = (origin.to_string(), header.stream_id);
-        if self.streams.is_buried(&key) {
-            return;
-        }
-        let mut receivers = self.streams.receivers.lock().expect("receivers lock");
-        let mut new_reader = None;
-        if !receivers.contains_key(&key) {
-            match self.open_incoming(&key, &header, &msg) {
-                Ok((incoming, reader)) => {
-                    receivers.insert(key.clone(), incoming);
-                    new_reader = reader;
-                }
-                Err(err) => {
-                    drop(receivers);
-                    self.streams.bury(key);
-                    let mut notice = ErrorHeader::new(header.stream_id, &err);
-                    notice.channel = Some(header.channel.clone());
-                    notice.topic = Some(header.topic.clone());
-                    return self.notify_stream_error(origin, Some(notice), wire::TOPIC_ERROR);
-                }
-            }
-        }
-        let incoming = receivers.get_mut(&key).expect("just inserted");
-        let now = now_std();
-        let result = incoming.machine.handle_chunk(&header, msg.payload, now).and_then(|deliveries| {
-            for d in deliveries {
-                if let Err(e) = incoming.sink.append(d.data) {
-                    incoming.machine.abort(e.to_string());
-                    return Err(e);
-                }
-            }
-            if incoming.machine.all_received() {
-                if let Sink::Reader { tx, .. } = &incoming.sink {
-                    let _ = tx.send(ReaderItem::End);
-                }
-            }
-            incoming.machine.on_consumed(incoming.sink.consumed(), now)
-        });
-        if let Some(ack) = incoming.machine.poll_ack() {
-            self.send_stream_control(origin, wire::TOPIC_ACK, ack.to_headers());
-        }
-        if let Err(err) = result {
-            let notice = incoming.machine.poll_error();
-            let failed = receivers.remove(&key).expect("present");
-            drop(receivers);
-            failed.sink.discard(&err);
-            self.streams.bury(key);
-            tracing::warn!(cell = %self.fqcn, "incoming stream from {origin:?} failed: {err}");
-            return self.notify_stream_error(origin, notice, wire::TOPIC_ERROR);
-        }
-        let done = if incoming.machine.is_complete() { receivers.remove(&key) } else { None };
-        drop(receivers);
-        if let Some((handler, reader)) = new_reader {
-            handler(reader);
-        }
-        if let Some(done) = done {
-            self.deliver_stream(done);
-        }
-    }
-
-    /// A reader took more of its stream: acknowledge what is due, and retire the stream once it is all taken.
-    pub(super) fn stream_consumed(self: &Arc<Self>, key: &(String, u64)) {
-        let mut receivers = self.streams.receivers.lock().expect("receivers lock");
-        let Some(incoming) = receivers.get_mut(key) else { return };
-        let _ = incoming.machine.on_consumed(incoming.sink.consumed(), now_std());
-        if let Some(ack) = incoming.machine.poll_ack() {
-            self.send_stream_control(&key.0, wire::TOPIC_ACK, ack.to_headers());
-        }
-        if incoming.machine.is_complete() {
-            receivers.remove(key);
-        }
-    }
-
-    /// Ends an incoming stream from this side (its reader went away) and tells the sender.
-    pub(super) fn abort_incoming(self: &Arc<Self>, key: &(String, u64), why: &str) {
-        let removed = self.streams.receivers.lock().expect("receivers lock").remove(key);
-        let Some(mut incoming) = removed else { return };
-        incoming.machine.abort(why.to_string());
-        self.streams.bury(key.clone());
-        self.notify_stream_error(&key.0, incoming.machine.poll_error(), wire::TOPIC_ERROR);
-    }
-
-    fn open_incoming(
-        self: &Arc<Self>,
-        key: &(String, u64),
-        header: &ChunkHeader,
-        msg: &Message,
-    ) -> Result<(Incoming, Option<(ReaderHandler, StreamReader)>), StreamError> {
-        let machine = StreamReceiver::new(header, self.config.stream_receiver.clone(), now_std())?;
-        let headers = app_headers(&msg.headers, header);
-        let memory = || Sink::memory(machine.expected_size());
-        if let Some(handler) = self.streams.reader_handler(&header.channel, &header.topic) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let reader = StreamReader::new(
-                headers.clone(),
-                machine.expected_size(),
-                rx,
-                consumed.clone(),
-                Arc::downgrade(self),
-                key.clone(),
-            );
-            let incoming = Incoming { machine, sink: Sink::Reader { tx, consumed }, headers, purpose: Purpose::Reader };
-            return Ok((incoming, Some((handler, reader))));
-        }
-        let (purpose, sink) = if header.channel == RETURN_CHANNEL {
-            (Purpose::Reply, memory())
-        } else if msg.headers.contains_key(sm::REQ_ID) {
-            (Purpose::Request, memory())
-        } else if let Some((dir, handler)) = self.streams.file_handler(&header.channel, &header.topic) {
-            (Purpose::File(handler), Sink::file(&dir, &headers)?)
-        } else if let Some(handler) = self.streams.blob_handler(&header.channel, &header.topic) {
-            (Purpose::Blob(handler), memory())
-        } else {
-            return Err(StreamError::Aborted {
-                by_peer: false,
-                message: format!(
-                    "cell {:?} has no blob handler for channel {:?} topic {:?}",
-                    self.fqcn, header.channel, header.topic
-                ),
-            });
-        };
-        Ok((Incoming { machine, sink, headers, purpose }, None))
-    }
-
-    fn deliver_stream(self: &Arc<Self>, done: Incoming) {
-        let payload = match done.sink.finish() {
-            Ok(Finished::Memory(bytes)) => bytes,
-            Ok(Finished::File { path, size }) => {
-                if let Purpose::File(handler) = done.purpose {
-                    handler(done.headers, path, size);
-                }
-                return;
-            }
-            Ok(Finished::Read) => return,
-            Err(e) => return tracing::warn!(cell = %self.fqcn, "received stream could not be stored: {e}"),
-        };
-        let message = Message::new(done.headers, payload);
-        match done.purpose {
-            Purpose::Blob(handler) => handler(message),
-            Purpose::File(_) | Purpose::Reader => unreachable!("file and reader streams finish above"),
-            Purpose::Reply => self.deliver_reply_by(sm::REQ_ID, message),
-            Purpose::Request => {
-                let mut message = message;
-                // A streamed request always expects its reply, as a stream, matched by `sm__ri`.
-                if let Some(ri) = message.headers.get(sm::REQ_ID).cloned() {
-                    if !message.headers.contains_key(keys::REQ_ID) {
-                        message.headers.insert(keys::REQ_ID, ri);
-                    }
-                    message.headers.insert(keys::REPLY_EXPECTED, true);
-                    message.headers.insert(keys::MSG_TYPE, super::msg_type::REQUEST);
-                }
-                self.dispatch_request(message)
-            }
         }
     }
 
@@ -444,34 +271,6 @@ impl CellInner {
         (outgoing, self.streams.receivers.lock().expect("receivers lock").len())
     }
 
-    /// Fails incoming streams from a peer that went away, instead of leaving them to their read timeout.
-    pub(super) fn drop_incoming_from(&self, origin: &str) {
-        let dropped: Vec<Incoming> = self
-            .streams
-            .receivers
-            .lock()
-            .expect("receivers lock")
-            .extract_if(|(o, _), _| o == origin)
-            .map(|(_, incoming)| incoming)
-            .collect();
-        let gone = StreamError::Aborted { by_peer: true, message: format!("lost the connection to {origin:?}") };
-        for incoming in dropped {
-            incoming.sink.discard(&gone);
-        }
-    }
-}
-
-/// The app's view of a stream's headers: the first chunk's headers without the per-chunk `sm__*` keys, with
-/// channel and topic set back to the app's own.
-fn app_headers(chunk: &Headers, header: &ChunkHeader) -> Headers {
-    const PER_CHUNK: [&str; 10] =
-        [sm::STREAM_ID, sm::DATA_TYPE, sm::SIZE, sm::SEQUENCE, sm::OFFSET, sm::RELIABLE, sm::OPTIONAL, sm::CHUNK_SIZE, sm::WINDOW_SIZE, sm::ACK_INTERVAL];
-    let mut headers: Headers =
-        chunk.iter().filter(|(k, _)| !PER_CHUNK.contains(k)).map(|(k, v)| (k.to_string(), v.clone())).collect();
-    headers.insert(keys::CHANNEL, header.channel.as_str());
-    headers.insert(keys::TOPIC, header.topic.as_str());
-    headers.insert(keys::PAYLOAD_LEN, Value::from(header.total_size));
-    headers
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -507,7 +306,7 @@ pub(super) async fn janitor(cell: Weak<CellInner>) {
                 message: "read timeout".into(),
             });
             cell.notify_stream_error(&key.0, incoming.machine.poll_error(), wire::TOPIC_ERROR);
-            incoming.sink.discard(&why);
+            incoming.fail(why);
             cell.streams.bury(key);
         }
     }
