@@ -294,7 +294,8 @@ def sections(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str
                 "before the first message; the client's payload is allocated before the baseline), the largest of "
                 "the rounds"
                 + ("" if reset else "; VmHWM could not be reset at the baseline, so these are upper bounds")
-                + ". A message is one frame in this version: the receiving side holds the whole frame. The raw TCP "
+                + ". A 64 MiB request travels as a stream of 1 MiB chunks; the receiving side assembles it in one "
+                "buffer allocated at the announced size. The raw TCP "
                 "peers add {:.1f} MiB (preallocated) or one message (fresh buffers). flare's RSS+ per round, "
                 "smallest-largest: {}.".format(
                     max(m["peak_above_baseline_mib"] for m in up["raw_memory"].values()),

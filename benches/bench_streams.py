@@ -564,8 +564,8 @@ def blob_section(runs: dict[str, list[dict[str, Any]]], nbytes: int, title: str,
         + f"); sender <= 2 windows = {send_goal:,.0f} MiB (worst {worst_send:,.1f}: "
         + ("met" if worst_send <= send_goal else "**not met**")
         + f"). The raw TCP fresh-buffer receiver adds {raw_rss:,.0f} MiB. Minor page faults per blob on the "
-        f"receiver: flare {faults('flare')} (2 MiB huge pages: the transport advises MADV_HUGEPAGE on large receive "
-        f"buffers), raw TCP fresh-buffer {faults('raw_fresh')}"
+        f"receiver: flare {faults('flare')} (4 KiB pages unless the setting `receive_huge_pages` is on), raw TCP "
+        f"fresh-buffer {faults('raw_fresh')}"
         + (f", flare without huge pages {faults('flare_nothp')}" if nothp else "")
         + ".",
         "Others' CPU s: CPU time that other processes on the machine used during the repetition's runs "
@@ -584,11 +584,11 @@ def blob_section(runs: dict[str, list[dict[str, Any]]], nbytes: int, title: str,
     if nothp:
         notes.insert(
             1,
-            "**flare, receiver without huge pages** is a diagnostic, not a setting: the same flare build, with "
-            "transparent huge pages turned off in the receiving process (`prctl(PR_SET_THP_DISABLE)`, so the "
-            "transport's MADV_HUGEPAGE advice is ignored). On a VM that returns freed memory to its host (this one), "
-            "a fresh 2 MiB huge page is often memory the host must fault in again, and the receiver's first touch of "
-            "the blob buffer, not the transport, sets the pace; compare this column with raw TCP fresh-buffer.",
+            "**flare, receiver without huge pages** is a diagnostic: the same flare build, with transparent huge "
+            "pages turned off in the receiving process (`prctl(PR_SET_THP_DISABLE)`), which matters only when the "
+            "setting `receive_huge_pages` is on. On a VM that returns freed memory to its host (this one), a fresh "
+            "2 MiB huge page is often memory the host must fault in again, which is why that setting is off by "
+            "default; compare this column with raw TCP fresh-buffer.",
         )
     return {"title": title, "headers": headers, "digits": digits, "rows": rows, "notes": notes}
 

@@ -39,8 +39,8 @@ from minute to minute, so absolute numbers move between runs by tens of percent;
 (flare and raw TCP measured back to back, in interleaved rounds) are what to compare, across runs and across
 changes. MiB/s is 2**20 bytes per second of payload. "Raw TCP" is the ceiling for two Python processes on loopback:
 plain blocking sockets, one preallocated buffer on each side; "raw TCP fresh-buffer" receives each message into a
-new buffer, which is what a receiver that keeps each message as its own object (flare in this version: one frame,
-one buffer) pays in page faults. "RSS+" is a process's peak resident memory above its own baseline taken just
+new buffer, which is what a receiver that keeps each message as its own object (flare: one buffer per message,
+allocated at the announced size) pays in page faults. "RSS+" is a process's peak resident memory above its own baseline taken just
 before the measured work; in this version expect about one message on the receiving side of each direction and
 nothing on the sending side (payloads are sent from the caller's buffer without a copy). The small round trips are
 bounded by thread hand-offs, not bytes: compare them with earlier runs of the same table, not with raw TCP alone.

@@ -38,6 +38,12 @@ class CommSettings:
         A child's wait before reconnecting to its parent, doubling from the first to the second (default 1 and 10).
     tcp_no_delay:
         Disable Nagle's algorithm (default True).
+    tcp_notsent_lowat:
+        Most bytes the kernel may hold unsent on a connection (default 256 KiB; 0: the kernel's default); bulk beyond
+        it waits in the connection's lanes, where control frames overtake it.
+    receive_huge_pages:
+        Ask for transparent huge pages on large receive buffers (default False): fewer page faults where memory is
+        plentiful, slower on hosts that reclaim freed memory eagerly.
     control_queue_frames:
         Frames that may wait in a connection's control lane (default 1024).
     bulk_queue_bytes:
@@ -79,6 +85,8 @@ class CommSettings:
     reconnect_initial_backoff: float = _CORE_DEFAULTS["reconnect_initial_backoff"]
     reconnect_max_backoff: float = _CORE_DEFAULTS["reconnect_max_backoff"]
     tcp_no_delay: bool = _CORE_DEFAULTS["tcp_no_delay"]
+    tcp_notsent_lowat: int = _CORE_DEFAULTS["tcp_notsent_lowat"]
+    receive_huge_pages: bool = _CORE_DEFAULTS["receive_huge_pages"]
     control_queue_frames: int = _CORE_DEFAULTS["control_queue_frames"]
     bulk_queue_bytes: int = _CORE_DEFAULTS["bulk_queue_bytes"]
     max_hops: int = _CORE_DEFAULTS["max_hops"]

@@ -30,6 +30,13 @@ pub struct CommConfig {
     pub reconnect_max_backoff: Duration,
     /// Disable Nagle on TCP sockets (`tcp_no_delay`, default true).
     pub tcp_no_delay: bool,
+    /// Most bytes the kernel may hold unsent on a connection (`tcp_notsent_lowat`, default 256 KiB; 0 leaves the
+    /// kernel's default). Bulk data beyond it waits in the connection's own lanes, where control frames overtake it.
+    pub tcp_notsent_lowat: usize,
+    /// Ask for transparent huge pages on large receive buffers (`receive_huge_pages`, default false). Fewer page
+    /// faults when memory is plentiful; on hosts that reclaim freed memory eagerly (ballooned VMs) a cold huge page
+    /// costs more than it saves.
+    pub receive_huge_pages: bool,
     /// Frames that may wait in a connection's control lane (`control_queue_frames`, default 1024).
     pub control_queue_frames: usize,
     /// Payload bytes that may wait in a connection's bulk lane (`bulk_queue_bytes`, default 64 MiB); senders wait
@@ -60,6 +67,8 @@ impl Default for CommConfig {
             reconnect_initial_backoff: Duration::from_secs(1),
             reconnect_max_backoff: Duration::from_secs(10),
             tcp_no_delay: true,
+            tcp_notsent_lowat: 256 * 1024,
+            receive_huge_pages: false,
             control_queue_frames: 1024,
             bulk_queue_bytes: 64 * 1024 * 1024,
             max_hops: 16,

@@ -197,6 +197,10 @@ pub fn comm_config_from_py(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Com
             "reconnect_max_backoff" => cfg.reconnect_max_backoff = seconds(&name, &v)?,
             "tcp_no_delay" => cfg.tcp_no_delay = v.extract().map_err(|_| config_error(&name, "must be a bool"))?,
             "control_queue_frames" => cfg.control_queue_frames = count(&name, &v)?,
+            "tcp_notsent_lowat" => cfg.tcp_notsent_lowat = count(&name, &v)?,
+            "receive_huge_pages" => {
+                cfg.receive_huge_pages = v.extract().map_err(|_| config_error(&name, "must be a bool"))?
+            }
             "bulk_queue_bytes" => cfg.bulk_queue_bytes = count(&name, &v)?,
             "max_hops" => cfg.max_hops = count(&name, &v)?,
             "stream_threshold" => cfg.stream_threshold = count(&name, &v)?,
@@ -241,6 +245,8 @@ pub fn default_comm_config(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("reconnect_max_backoff", cfg.reconnect_max_backoff.as_secs_f64())?;
     d.set_item("tcp_no_delay", cfg.tcp_no_delay)?;
     d.set_item("control_queue_frames", cfg.control_queue_frames)?;
+    d.set_item("tcp_notsent_lowat", cfg.tcp_notsent_lowat)?;
+    d.set_item("receive_huge_pages", cfg.receive_huge_pages)?;
     d.set_item("bulk_queue_bytes", cfg.bulk_queue_bytes)?;
     d.set_item("max_hops", cfg.max_hops)?;
     d.set_item("stream_threshold", cfg.stream_threshold)?;

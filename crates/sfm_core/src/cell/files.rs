@@ -58,12 +58,14 @@ pub(super) enum Sink {
 }
 
 impl Sink {
-    pub(super) fn memory(expected: Option<u64>) -> Sink {
+    pub(super) fn memory(expected: Option<u64>, huge_pages: bool) -> Sink {
         let mut buf = match expected {
             Some(size) => BytesMut::with_capacity(size as usize),
             None => BytesMut::new(),
         };
-        crate::conn::advise_huge_pages(&mut buf);
+        if huge_pages {
+            crate::conn::advise_huge_pages(&mut buf);
+        }
         Sink::Memory(buf)
     }
 

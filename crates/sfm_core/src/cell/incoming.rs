@@ -129,7 +129,7 @@ impl CellInner {
         let size = machine.expected_size();
         // Decide who reads before making the reader: a reader dropped unused would abort the stream, and that
         // takes the receivers' lock, which our caller holds.
-        let memory = || Sink::memory(size);
+        let memory = || Sink::memory(size, self.config.receive_huge_pages);
         let target = if let Some(handler) = self.streams.reader_handler(&header.channel, &header.topic) {
             Target::App(handler)
         } else if header.channel == RETURN_CHANNEL {

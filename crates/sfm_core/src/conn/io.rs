@@ -37,6 +37,29 @@ pub(crate) fn advise_huge_pages(buf: &mut BytesMut) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn advise_huge_pages(_buf: &mut BytesMut) {}
 
+/// Caps what the kernel holds unsent (TCP_NOTSENT_LOWAT), so that queued bulk waits in our lanes instead.
+#[cfg(target_os = "linux")]
+pub(super) fn limit_unsent(stream: &tokio::net::TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    if bytes == 0 {
+        return;
+    }
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: a plain setsockopt on a socket we own, with a correctly sized int; failure only loses the cap.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn limit_unsent(_stream: &tokio::net::TcpStream, _bytes: usize) {}
+
 /// Payloads up to this size are copied next to the head and written in one call; larger ones are written from
 /// their own buffer, with no copy.
 const COALESCE_LIMIT: usize = 16 * 1024;
@@ -45,11 +68,12 @@ pub(super) struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     codec: FrameCodec,
+    huge_pages: bool,
 }
 
 impl FrameReader {
-    pub(super) fn new(rd: OwnedReadHalf, max_frame_size: usize) -> Self {
-        FrameReader { rd, buf: BytesMut::new(), codec: FrameCodec::new(max_frame_size) }
+    pub(super) fn new(rd: OwnedReadHalf, max_frame_size: usize, huge_pages: bool) -> Self {
+        FrameReader { rd, buf: BytesMut::new(), codec: FrameCodec::new(max_frame_size), huge_pages }
     }
 
     /// The next frame, or `None` at a clean end of stream.
@@ -88,7 +112,9 @@ impl FrameReader {
         let body_len = prefix.body_len();
         let _ = self.buf.split_to(PREFIX_LEN);
         let mut body = BytesMut::with_capacity(body_len);
-        advise_huge_pages(&mut body);
+        if self.huge_pages {
+            advise_huge_pages(&mut body);
+        }
         let already = self.buf.len().min(body_len);
         body.extend_from_slice(&self.buf.split_to(already));
         while body.len() < body_len {

@@ -108,9 +108,10 @@ impl Connection {
         sink: Arc<dyn FrameSink>,
     ) -> Result<Connection, ConnError> {
         let _ = stream.set_nodelay(config.tcp_no_delay);
+        io::limit_unsent(&stream, config.tcp_notsent_lowat);
         let remote_addr = stream.peer_addr().ok();
         let (rd, wr) = stream.into_split();
-        let mut reader = FrameReader::new(rd, config.max_frame_size);
+        let mut reader = FrameReader::new(rd, config.max_frame_size, config.receive_huge_pages);
         let mut writer = FrameWriter::new(wr, config.max_frame_size, config.send_timeout);
         let handshake = async {
             match side {
