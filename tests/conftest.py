@@ -121,11 +121,18 @@ HEARTBEAT_TIMEOUT = 2.0
 @pytest.fixture
 def tree(peers):
     """server ── relay-1 ── site-1, site-2 as four processes, plus a driver cell in this process."""
+    driver, procs = build_tree(peers)
+    yield driver, procs
+    driver.close()
+
+
+def build_tree(peers, **leaf_opts):
+    """Starts the four processes of ``tree`` (leaves with ``leaf_opts``) and a driver cell; returns both."""
     server = peers(cell_node("server", listen="tcp://127.0.0.1:0"))
     server_url = server.expect("ready")["url"]
     relay = peers(cell_node("relay-1", listen="tcp://127.0.0.1:0", parent=server_url))
     relay_url = relay.expect("ready")["url"]
-    leaves = {name: peers(cell_node(name, parent=relay_url)) for name in ("site-1", "site-2")}
+    leaves = {name: peers(cell_node(name, parent=relay_url, **leaf_opts)) for name in ("site-1", "site-2")}
     for leaf in leaves.values():
         leaf.expect("ready")
     settings = CommSettings.from_env(heartbeat_interval=0.5, heartbeat_timeout=HEARTBEAT_TIMEOUT)
@@ -133,8 +140,7 @@ def tree(peers):
     assert driver.wait_for_peer("server", 10)
     # Leaves are learned by the server through the relay's route advertisements.
     wait_until(lambda: {"site-1", "site-2"} <= set(reachable(driver, "server")), 10)
-    yield driver, {"server": server, "relay-1": relay, **leaves}
-    driver.close()
+    return driver, {"server": server, "relay-1": relay, **leaves}
 
 
 def wait_until(condition, timeout: float, step: float = 0.05) -> float:

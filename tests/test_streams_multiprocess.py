@@ -60,3 +60,34 @@ def test_stalled_receiver_is_detected_within_the_ack_progress_timeout(peers, clo
         wait_until(lambda: driver.request("site-2", "test", "echo", b"back", timeout=2).ok, 20)
     finally:
         driver.close()
+
+
+def test_a_stopped_receiver_blocks_nothing_else_through_the_same_relay(peers):
+    """site-2 is stopped while site-1 streams to it through relay-1: site-1's other stream and control traffic
+    through the same relay carry on, and the stalled stream fails instead of hanging: on its ACK watchdog, or sooner
+    when the relay's keep-alive declares site-2 dead and tells site-1 its chunks cannot be delivered."""
+    import threading
+
+    from conftest import build_tree
+
+    driver, procs = build_tree(peers, ack_progress_timeout=4, heartbeat_timeout=60)
+    try:
+        procs["site-2"].signal(signal.SIGSTOP)
+        stalled: dict = {}
+        blocked = threading.Thread(target=lambda: stalled.update(
+            call(driver, "site-1", "send_blob", {"target": "site-2", "size": 256 * MIB}, timeout=60)))
+        blocked.start()
+        time.sleep(1.0)  # the stream to site-2 is now stuck behind its full window
+        started = time.monotonic()
+        for _ in range(20):  # control traffic through the relay, both directions
+            assert driver.request("site-1", "test", "echo", b"ping", timeout=5).ok
+        other = call(driver, "site-1", "send_blob", {"target": "server", "size": 32 * MIB}, timeout=30)
+        assert other["error"] is None, other
+        wait_until(lambda: any(b["sha256"] == other["sha256"] for b in call(driver, "server", "blobs", {})), 10)
+        assert time.monotonic() - started < 4, "traffic to other peers waited on the stalled stream"
+        blocked.join(30)
+        err = stalled["error"]
+        assert err and ("site-2" in err or err.startswith("StallDetected")), stalled
+    finally:
+        procs["site-2"].signal(signal.SIGCONT)
+        driver.close()

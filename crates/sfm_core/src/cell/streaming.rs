@@ -258,6 +258,7 @@ impl CellInner {
         {
             let err = StreamError::Aborted { by_peer: true, message: why.to_string() };
             let mut notice = ErrorHeader::new(chunk.stream_id, &err);
+            notice.message = why.to_string();
             notice.channel = Some(chunk.channel);
             notice.topic = Some(chunk.topic);
             self.notify_stream_error(origin, Some(notice), wire::TOPIC_ERROR);
