@@ -37,6 +37,21 @@ fn reply_to_py(py: Python<'_>, reply: &Message) -> PyResult<Py<PyTuple>> {
 }
 
 impl PyCell {
+    /// Wraps a Python callback so that each event is queued to the cell's callback pool, where `run` calls it:
+    /// transport threads only enqueue.
+    fn pooled<T, F>(&self, callback: Py<PyAny>, run: F) -> impl Fn(T) + Send + Sync + 'static
+    where
+        T: Send + 'static,
+        F: Fn(Python<'_>, &Py<PyAny>, T) + Send + Sync + Clone + 'static,
+    {
+        let pool = self.pool.clone();
+        let callback = Arc::new(callback);
+        move |event: T| {
+            let (callback, run) = (callback.clone(), run.clone());
+            pool.submit(move |py| run(py, &callback, event));
+        }
+    }
+
     fn check_process(&self) -> PyResult<()> {
         if self.pid != std::process::id() {
             return Err(transport_error(format!(
@@ -45,6 +60,17 @@ impl PyCell {
             )));
         }
         Ok(())
+    }
+}
+
+/// A callback runner whose Python exceptions are printed (there is nobody else to tell).
+fn reporting<T>(
+    run: impl Fn(Python<'_>, &Py<PyAny>, T) -> PyResult<()> + Send + Sync + Clone + 'static,
+) -> impl Fn(Python<'_>, &Py<PyAny>, T) + Send + Sync + Clone + 'static {
+    move |py, callback, event| {
+        if let Err(e) = run(py, callback, event) {
+            e.display(py);
+        }
     }
 }
 
@@ -123,40 +149,18 @@ impl PyCell {
     }
 
     /// `callback(headers: dict, payload: Payload) -> None | (headers | None, payload | None)`, run on the pool.
+    /// If the pool is gone (the cell is closing), a request is dropped and its responder answers OK.
     fn register_request_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
-        let pool = self.pool.clone();
-        let callback = Arc::new(callback);
-        self.cell.register_request_handler(
-            channel,
-            topic,
-            Arc::new(move |request: IncomingRequest| {
-                let callback = callback.clone();
-                // If the pool is gone, the request is dropped and its responder answers OK; the cell is closing.
-                pool.submit(move |py| run_handler(py, &callback, request));
-            }),
-        );
+        self.cell.register_request_handler(channel, topic, Arc::new(self.pooled(callback, run_handler)));
     }
 
     /// `callback(headers: dict, payload: Payload)` for each whole blob sent to (channel, topic), run on the pool.
     fn register_blob_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
-        let pool = self.pool.clone();
-        let callback = Arc::new(callback);
-        self.cell.register_blob_handler(
-            channel,
-            topic,
-            Arc::new(move |blob: Message| {
-                let callback = callback.clone();
-                pool.submit(move |py| {
-                    let outcome = headers_to_py(py, &blob.headers).and_then(|headers| {
-                        let payload = Py::new(py, Payload::new(blob.payload))?;
-                        callback.bind(py).call1((headers, payload))
-                    });
-                    if let Err(e) = outcome {
-                        e.display(py);
-                    }
-                });
-            }),
-        );
+        let run = |py: Python<'_>, callback: &Py<PyAny>, blob: Message| {
+            let headers = headers_to_py(py, &blob.headers)?;
+            callback.bind(py).call1((headers, Py::new(py, Payload::new(blob.payload))?)).map(drop)
+        };
+        self.cell.register_blob_handler(channel, topic, Arc::new(self.pooled(callback, reporting(run))));
     }
 
     /// Streams `payload` to `target`'s blob callback for (channel, topic); returns once the last chunk is sent.
@@ -183,24 +187,12 @@ impl PyCell {
     /// `callback(reader: StreamReader)` for each new stream to (channel, topic), run on the pool as soon as the
     /// first chunk arrives; the reader yields chunks in order as they come.
     fn register_stream_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
-        let pool = self.pool.clone();
-        let callback = Arc::new(callback);
         let idle = self.cell.config().stream_receiver.read_timeout;
-        self.cell.register_stream_reader(
-            channel,
-            topic,
-            Arc::new(move |reader: sfm_core::cell::StreamReader| {
-                let callback = callback.clone();
-                pool.submit(move |py| {
-                    let outcome = crate::reader::PyStreamReader::new(py, reader, idle)
-                        .and_then(|r| Py::new(py, r))
-                        .and_then(|r| callback.bind(py).call1((r,)));
-                    if let Err(e) = outcome {
-                        e.display(py);
-                    }
-                });
-            }),
-        );
+        let run = move |py: Python<'_>, callback: &Py<PyAny>, reader: sfm_core::cell::StreamReader| {
+            let reader = Py::new(py, crate::reader::PyStreamReader::new(py, reader, idle)?)?;
+            callback.bind(py).call1((reader,)).map(drop)
+        };
+        self.cell.register_stream_reader(channel, topic, Arc::new(self.pooled(callback, reporting(run))));
     }
 
     /// Streams the file at `path` to `target`'s file callback for (channel, topic); returns the bytes sent.
@@ -227,40 +219,25 @@ impl PyCell {
     /// Files streamed to (channel, topic) are written into `directory`; `callback(headers, path, size)` runs on
     /// the pool once each is complete.
     fn register_file_cb(&self, channel: &str, topic: &str, directory: std::path::PathBuf, callback: Py<PyAny>) {
-        let pool = self.pool.clone();
-        let callback = Arc::new(callback);
-        self.cell.register_file_handler(
-            channel,
-            topic,
-            directory,
-            Arc::new(move |headers: Headers, path: std::path::PathBuf, size: u64| {
-                let callback = callback.clone();
-                pool.submit(move |py| {
-                    let outcome = headers_to_py(py, &headers).and_then(|h| callback.bind(py).call1((h, path, size)));
-                    if let Err(e) = outcome {
-                        e.display(py);
-                    }
-                });
-            }),
-        );
+        type Received = (Headers, std::path::PathBuf, u64);
+        let run = |py: Python<'_>, callback: &Py<PyAny>, (headers, path, size): Received| {
+            callback.bind(py).call1((headers_to_py(py, &headers)?, path, size)).map(drop)
+        };
+        let on_file = self.pooled(callback, reporting(run));
+        let handler = move |headers: Headers, path: std::path::PathBuf, size: u64| on_file((headers, path, size));
+        self.cell.register_file_handler(channel, topic, directory, Arc::new(handler));
     }
 
     /// `callback(event: "up" | "down", name: str, reason: str)`, run on the pool.
     fn on_peer_event(&self, callback: Py<PyAny>) {
-        let pool = self.pool.clone();
-        let callback = Arc::new(callback);
-        self.cell.on_peer_event(Arc::new(move |event: PeerEvent| {
-            let callback = callback.clone();
-            pool.submit(move |py| {
-                let (kind, name, reason) = match event {
-                    PeerEvent::Up(name) => ("up", name, String::new()),
-                    PeerEvent::Down { name, reason } => ("down", name, reason),
-                };
-                if let Err(e) = callback.bind(py).call1((kind, name, reason)) {
-                    e.display(py);
-                }
-            });
-        }));
+        let run = |py: Python<'_>, callback: &Py<PyAny>, event: PeerEvent| {
+            let (kind, name, reason) = match event {
+                PeerEvent::Up(name) => ("up", name, String::new()),
+                PeerEvent::Down { name, reason } => ("down", name, reason),
+            };
+            callback.bind(py).call1((kind, name, reason)).map(drop)
+        };
+        self.cell.on_peer_event(Arc::new(self.pooled(callback, reporting(run))));
     }
 
     /// Sends a request; returns `(headers, payload)` of the reply, whose `cn__return_code` says how it went.
