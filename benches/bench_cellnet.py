@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import MIB, Peers, markdown_table
+from harness import MIB, Peers, print_sections
 
 CHANNEL = "bench"
 SERVER = "server"
@@ -320,14 +320,6 @@ def sections(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str
             ],
         },
     ]
-
-
-def print_sections(secs: list[dict[str, Any]]) -> None:
-    for s in secs:
-        print(f"\n### {s['title']}\n")
-        print(markdown_table(s["headers"], s["rows"], digits=s.get("digits", 1)))
-        for note in s["notes"]:
-            print(f"\n{note}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import MIB, Peers, markdown_table
+from harness import MIB, Peers, print_sections
 
 CHANNEL = "bench"
 RECEIVER = "server"
@@ -678,14 +678,6 @@ blob plus two windows; the sender sends from the caller's buffer and should add 
 table asks whether small requests wait behind bulk data on the same connection (head-of-line blocking): compare
 flare's loaded row with raw TCP's, whose pings have a socket of their own and so show only what the busy machine
 itself adds."""
-
-
-def print_sections(secs: list[dict[str, Any]]) -> None:
-    for s in secs:
-        print(f"\n### {s['title']}\n")
-        print(markdown_table(s["headers"], s["rows"], digits=s.get("digits", 1)))
-        for note in s["notes"]:
-            print(f"\n{note}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -624,3 +624,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def print_sections(sections: list[dict[str, Any]]) -> None:
+    """Prints bench sections (title, table, notes) as run_all expects them on stdout."""
+    for s in sections:
+        print(f"\n### {s['title']}\n")
+        print(markdown_table(s["headers"], s["rows"], digits=s.get("digits", 1)))
+        for note in s["notes"]:
+            print(f"\n{note}")
