@@ -93,7 +93,8 @@ impl CommConfig {
     /// Payloads above this size are streamed: the configured threshold, lowered if needed so that no single-frame
     /// message can exceed `max_frame_size`.
     pub fn effective_stream_threshold(&self) -> usize {
-        self.stream_threshold.min(self.max_frame_size.saturating_sub(FRAME_OVERHEAD))
+        self.stream_threshold
+            .min(self.max_frame_size.saturating_sub(FRAME_OVERHEAD))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -107,7 +108,10 @@ impl CommConfig {
         ];
         for (name, value) in positive {
             if value.is_zero() {
-                return Err(ConfigError { name, reason: "must be greater than zero".into() });
+                return Err(ConfigError {
+                    name,
+                    reason: "must be greater than zero".into(),
+                });
             }
         }
         if self.heartbeat_timeout <= self.heartbeat_interval {
@@ -136,7 +140,10 @@ impl CommConfig {
         if self.stream_sender.chunk_size.saturating_add(FRAME_OVERHEAD as u64) > self.max_frame_size as u64 {
             return Err(ConfigError {
                 name: "streaming_chunk_size",
-                reason: format!("a chunk plus its headers must fit in max_frame_size ({})", self.max_frame_size),
+                reason: format!(
+                    "a chunk plus its headers must fit in max_frame_size ({})",
+                    self.max_frame_size
+                ),
             });
         }
         if self.control_queue_frames == 0 || self.bulk_queue_bytes == 0 || self.max_hops == 0 {
@@ -160,7 +167,10 @@ mod tests {
 
     #[test]
     fn timeout_not_above_interval_names_the_setting() {
-        let cfg = CommConfig { heartbeat_timeout: Duration::from_secs(60), ..Default::default() };
+        let cfg = CommConfig {
+            heartbeat_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
         let err = cfg.validate().unwrap_err();
         assert_eq!(err.name, "heartbeat_timeout");
     }

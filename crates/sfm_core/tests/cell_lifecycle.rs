@@ -57,8 +57,14 @@ async fn closed_leaf_goes_down_and_its_route_disappears() {
     let started = Instant::now();
     site1.close();
     let e = next_event(&mut events, T, "site-1 to go down", is_down("site-1")).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
-    let PeerEvent::Down { reason, .. } = e else { unreachable!() };
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let PeerEvent::Down { reason, .. } = e else {
+        unreachable!()
+    };
     assert!(!reason.is_empty());
     assert!(!server.peers().contains(&"site-1".to_string()), "{:?}", server.peers());
     assert!(!server.reachable().contains(&"site-1".to_string()));
@@ -69,9 +75,19 @@ async fn closed_leaf_goes_down_and_its_route_disappears() {
     // A leaf behind the relay: the relay withdraws its route.
     let mut relay_events = peer_events(&relay);
     site2.close();
-    next_event(&mut relay_events, T, "site-2 to go down at the relay", is_down("site-2")).await;
+    next_event(
+        &mut relay_events,
+        T,
+        "site-2 to go down at the relay",
+        is_down("site-2"),
+    )
+    .await;
     next_event(&mut events, T, "site-2 to go down at the server", is_down("site-2")).await;
-    assert!(!server.reachable().contains(&"site-2".to_string()), "{:?}", server.reachable());
+    assert!(
+        !server.reachable().contains(&"site-2".to_string()),
+        "{:?}",
+        server.reachable()
+    );
     assert!(matches!(server.next_hop("site-2"), Hop::Unreachable(_)));
     assert_eq!(server.reachable(), ["relay-1"]);
 
@@ -115,7 +131,12 @@ fn serve_incarnation(cell: &Cell, n: i64) {
 }
 
 async fn ask_incarnation(from: &Cell, to: &str, timeout: Duration) -> Message {
-    within(timeout + T, "reply", from.request(to, "test", "who", Headers::new(), Bytes::new(), timeout)).await
+    within(
+        timeout + T,
+        "reply",
+        from.request(to, "test", "who", Headers::new(), Bytes::new(), timeout),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,10 +169,24 @@ async fn child_reconnects_to_a_restarted_parent() {
     serve_incarnation(&server, 2);
     listen_on(&server, &url).await;
     let restarted = Instant::now();
-    assert!(server.wait_for_peer("site-1", max_backoff + Duration::from_secs(2)).await, "the child did not come back");
+    assert!(
+        server
+            .wait_for_peer("site-1", max_backoff + Duration::from_secs(2))
+            .await,
+        "the child did not come back"
+    );
     let took = restarted.elapsed();
-    assert!(took <= max_backoff + Duration::from_secs(1), "reconnected {took:?} after the restart");
-    next_event(&mut child_events, T, "the child to see its parent again", is_up("server")).await;
+    assert!(
+        took <= max_backoff + Duration::from_secs(1),
+        "reconnected {took:?} after the restart"
+    );
+    next_event(
+        &mut child_events,
+        T,
+        "the child to see its parent again",
+        is_up("server"),
+    )
+    .await;
 
     let r = within(T, "the waiting request", waiting).await.unwrap();
     assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
@@ -187,13 +222,26 @@ async fn silent_peer_is_declared_dead_after_heartbeat_timeout() {
         (frames, Instant::now())
     });
 
-    let e =
-        next_event(&mut events, cfg.heartbeat_timeout + T, "the silent peer to go down", is_down("site-silent")).await;
+    let e = next_event(
+        &mut events,
+        cfg.heartbeat_timeout + T,
+        "the silent peer to go down",
+        is_down("site-silent"),
+    )
+    .await;
     let took = handshake_done.elapsed();
-    let PeerEvent::Down { reason, .. } = e else { unreachable!() };
+    let PeerEvent::Down { reason, .. } = e else {
+        unreachable!()
+    };
     assert!(reason.contains("heartbeat_timeout"), "{reason}");
-    assert!(took >= cfg.heartbeat_timeout - Duration::from_millis(50), "declared dead early, after {took:?}");
-    assert!(took <= cfg.heartbeat_timeout + Duration::from_secs(1), "declared dead late, after {took:?}");
+    assert!(
+        took >= cfg.heartbeat_timeout - Duration::from_millis(50),
+        "declared dead early, after {took:?}"
+    );
+    assert!(
+        took <= cfg.heartbeat_timeout + Duration::from_secs(1),
+        "declared dead late, after {took:?}"
+    );
     assert!(!server.peers().contains(&"site-silent".to_string()));
 
     let (frames, eof_at) = within(T, "the raw peer to see the end", reader).await.unwrap();
@@ -217,7 +265,12 @@ async fn peer_answering_pings_stays_connected() {
         while let Some(f) = raw.next_frame().await {
             if f.frame_type == FrameType::Ping {
                 pings += 1;
-                raw.send(Frame::control(FrameType::Pong, f.stream_id, Bytes::from_static(&[0xc0]))).await;
+                raw.send(Frame::control(
+                    FrameType::Pong,
+                    f.stream_id,
+                    Bytes::from_static(&[0xc0]),
+                ))
+                .await;
             }
         }
         pings
@@ -257,17 +310,37 @@ async fn pending_requests_fail_fast_when_the_connection_drops() {
     let from_server = {
         let server = server.clone();
         tokio::spawn(async move {
-            server.request("site-1", "test", "black_hole", Headers::new(), Bytes::from_static(b"s"), timeout).await
+            server
+                .request(
+                    "site-1",
+                    "test",
+                    "black_hole",
+                    Headers::new(),
+                    Bytes::from_static(b"s"),
+                    timeout,
+                )
+                .await
         })
     };
     let from_site = {
         let site1 = site1.clone();
         tokio::spawn(async move {
-            site1.request("server", "test", "black_hole", Headers::new(), Bytes::from_static(b"c"), timeout).await
+            site1
+                .request(
+                    "server",
+                    "test",
+                    "black_hole",
+                    Headers::new(),
+                    Bytes::from_static(b"c"),
+                    timeout,
+                )
+                .await
         })
     };
     within(T, "site-1 to get the request", site_hole.recv()).await.unwrap();
-    within(T, "the server to get the request", server_hole.recv()).await.unwrap();
+    within(T, "the server to get the request", server_hole.recv())
+        .await
+        .unwrap();
 
     // The TCP connection goes away (site-1 stops).
     let dropped = Instant::now();
@@ -276,7 +349,10 @@ async fn pending_requests_fail_fast_when_the_connection_drops() {
         let r = within(T, "the pending request to fail", task).await.unwrap();
         let took = dropped.elapsed();
         assert_eq!(r.return_code(), ReturnCode::CommError, "{who}: {:?}", r.error());
-        assert!(took < Duration::from_secs(2), "{who}'s request failed {took:?} after the drop, not promptly");
+        assert!(
+            took < Duration::from_secs(2),
+            "{who}'s request failed {took:?} after the drop, not promptly"
+        );
     }
     server.close();
 }
@@ -304,7 +380,9 @@ async fn pending_request_through_a_relay_fails_fast(lost: Lost) {
     let pending = {
         let server = server.clone();
         tokio::spawn(async move {
-            server.request("site-2", "test", "black_hole", Headers::new(), Bytes::new(), timeout).await
+            server
+                .request("site-2", "test", "black_hole", Headers::new(), Bytes::new(), timeout)
+                .await
         })
     };
     within(T, "site-2 to get the request", hole.recv()).await.unwrap();
@@ -319,7 +397,11 @@ async fn pending_request_through_a_relay_fails_fast(lost: Lost) {
     if let Lost::Leaf = lost {
         assert!(r.error().unwrap_or_default().contains("site-2"), "{:?}", r.error());
     }
-    assert!(dropped.elapsed() < Duration::from_secs(2), "failed {:?} after the drop", dropped.elapsed());
+    assert!(
+        dropped.elapsed() < Duration::from_secs(2),
+        "failed {:?} after the drop",
+        dropped.elapsed()
+    );
     for cell in [site2, relay, server] {
         cell.close();
     }

@@ -37,7 +37,14 @@ struct Tree {
 
 impl Tree {
     fn all(&self) -> [&Cell; 6] {
-        [&self.server, &self.relay, &self.site1, &self.site2, &self.site3, &self.job7]
+        [
+            &self.server,
+            &self.relay,
+            &self.site1,
+            &self.site2,
+            &self.site3,
+            &self.job7,
+        ]
     }
 }
 
@@ -72,10 +79,25 @@ async fn tree() -> Tree {
     let job7 = new("site-1.job-7");
     job7.connect(&site1_url).unwrap();
 
-    let tree = Tree { server, relay, site1, site2, site3, job7 };
+    let tree = Tree {
+        server,
+        relay,
+        site1,
+        site2,
+        site3,
+        job7,
+    };
     // The server learns the leaves from route advertisements, the relay's and site-1's own.
-    wait_peers(&tree.server, &["relay-1", "site-1", "site-2", "relay-1.site-3", "site-1.job-7"]).await;
-    wait_peers(&tree.relay, &["server", "site-1", "site-2", "relay-1.site-3", "site-1.job-7"]).await;
+    wait_peers(
+        &tree.server,
+        &["relay-1", "site-1", "site-2", "relay-1.site-3", "site-1.job-7"],
+    )
+    .await;
+    wait_peers(
+        &tree.relay,
+        &["server", "site-1", "site-2", "relay-1.site-3", "site-1.job-7"],
+    )
+    .await;
     for leaf in [&tree.site1, &tree.site2, &tree.site3] {
         wait_peers(leaf, &["relay-1"]).await;
     }
@@ -84,7 +106,12 @@ async fn tree() -> Tree {
 }
 
 fn assert_echo(reply: &sfm_core::Message, from: &str, to: &str, route: &[&str]) {
-    assert_eq!(reply.return_code(), ReturnCode::Ok, "{from} -> {to}: {:?}", reply.error());
+    assert_eq!(
+        reply.return_code(),
+        ReturnCode::Ok,
+        "{from} -> {to}: {:?}",
+        reply.error()
+    );
     assert_eq!(reply.header_str(ANSWERED_BY), Some(to), "{from} -> {to}");
     assert_eq!(&reply.payload[..], b"ping", "{from} -> {to}");
     assert_eq!(seen_route(reply), route, "route of {from} -> {to}");
@@ -133,25 +160,40 @@ async fn child_of_a_leaf_is_reached_in_three_hops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_gives_one_result_per_target() {
     let t = tree().await;
-    let targets: Vec<String> =
-        ["site-1", "site-2", "relay-1.site-3", "site-1.job-7", "site-99"].iter().map(|s| s.to_string()).collect();
+    let targets: Vec<String> = ["site-1", "site-2", "relay-1.site-3", "site-1.job-7", "site-99"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let started = Instant::now();
     let replies = within(
         T,
         "broadcast",
-        t.server.broadcast(&targets, ECHO.0, ECHO.1, Headers::new(), Bytes::from_static(b"ping"), T),
+        t.server
+            .broadcast(&targets, ECHO.0, ECHO.1, Headers::new(), Bytes::from_static(b"ping"), T),
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(2), "broadcast took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "broadcast took {:?}",
+        started.elapsed()
+    );
     let names: Vec<&str> = replies.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, targets.iter().map(String::as_str).collect::<Vec<_>>(), "one result per target, in order");
+    assert_eq!(
+        names,
+        targets.iter().map(String::as_str).collect::<Vec<_>>(),
+        "one result per target, in order"
+    );
     for (target, reply) in &replies[..4] {
         assert_eq!(reply.return_code(), ReturnCode::Ok, "{target}: {:?}", reply.error());
         assert_eq!(reply.header_str(ANSWERED_BY), Some(target.as_str()));
     }
     let (_, unreachable) = &replies[4];
     assert_eq!(unreachable.return_code(), ReturnCode::TargetUnreachable);
-    assert!(unreachable.error().unwrap_or_default().contains("site-99"), "{:?}", unreachable.error());
+    assert!(
+        unreachable.error().unwrap_or_default().contains("site-99"),
+        "{:?}",
+        unreachable.error()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,16 +201,30 @@ async fn unknown_target_fails_fast_naming_it() {
     let t = tree().await;
     let timeout = Duration::from_secs(10);
     // Unknown at the server itself, after climbing to it from a leaf, and below the relay (a name in its family).
-    let cases =
-        [(&t.server, "site-99"), (&t.site1, "nosuch.cell"), (&t.server, "relay-1.site-9"), (&t.job7, "site-42")];
+    let cases = [
+        (&t.server, "site-99"),
+        (&t.site1, "nosuch.cell"),
+        (&t.server, "relay-1.site-9"),
+        (&t.job7, "site-42"),
+    ];
     for (from, target) in cases {
         let started = Instant::now();
         let r = echo(from, target, b"ping", timeout).await;
         let took = started.elapsed();
-        assert_eq!(r.return_code(), ReturnCode::TargetUnreachable, "{} -> {target}: {:?}", from.fqcn(), r.error());
+        assert_eq!(
+            r.return_code(),
+            ReturnCode::TargetUnreachable,
+            "{} -> {target}: {:?}",
+            from.fqcn(),
+            r.error()
+        );
         let err = r.error().unwrap_or_default();
         assert!(err.contains(target), "error text {err:?} does not name {target:?}");
-        assert!(took < Duration::from_secs(1), "{} -> {target} took {took:?} of its {timeout:?}", from.fqcn());
+        assert!(
+            took < Duration::from_secs(1),
+            "{} -> {target} took {took:?} of its {timeout:?}",
+            from.fqcn()
+        );
     }
 }
 
@@ -188,13 +244,17 @@ async fn handler_that_never_replies_times_out() {
     let r = within(
         timeout + Duration::from_secs(3),
         "the timeout reply",
-        t.site1.request("site-2", "test", "black_hole", Headers::new(), Bytes::new(), timeout),
+        t.site1
+            .request("site-2", "test", "black_hole", Headers::new(), Bytes::new(), timeout),
     )
     .await;
     let took = started.elapsed();
     assert_eq!(r.return_code(), ReturnCode::Timeout, "{:?}", r.error());
     assert!(took >= timeout, "timed out early, after {took:?}");
-    assert!(took <= timeout + Duration::from_secs(1), "timed out late, after {took:?}");
+    assert!(
+        took <= timeout + Duration::from_secs(1),
+        "timed out late, after {took:?}"
+    );
     assert!(r.error().unwrap_or_default().contains("site-2"), "{:?}", r.error());
 }
 
@@ -212,12 +272,15 @@ async fn fire_and_forget_is_delivered() {
             }),
         );
     }
-    let targets: Vec<String> =
-        ["site-1", "site-2", "relay-1.site-3", "site-1.job-7", "site-99"].iter().map(|s| s.to_string()).collect();
+    let targets: Vec<String> = ["site-1", "site-2", "relay-1.site-3", "site-1.job-7", "site-99"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let results = within(
         T,
         "fire_and_forget",
-        t.server.fire_and_forget(&targets, "test", "notify", Headers::new(), Bytes::from_static(b"news")),
+        t.server
+            .fire_and_forget(&targets, "test", "notify", Headers::new(), Bytes::from_static(b"news")),
     )
     .await;
     for (target, err) in &results[..4] {
@@ -241,7 +304,13 @@ async fn fire_and_forget_is_delivered() {
 async fn request_without_handler_is_a_process_exception() {
     let t = tree().await;
     let started = Instant::now();
-    let r = within(T, "reply", t.site1.request("site-2", "nosuch", "topic", Headers::new(), Bytes::new(), T)).await;
+    let r = within(
+        T,
+        "reply",
+        t.site1
+            .request("site-2", "nosuch", "topic", Headers::new(), Bytes::new(), T),
+    )
+    .await;
     assert_eq!(r.return_code(), ReturnCode::ProcessException);
     let err = r.error().unwrap_or_default();
     assert!(err.contains("no handler") && err.contains("nosuch"), "{err:?}");
@@ -257,7 +326,13 @@ async fn request_without_handler_is_a_process_exception() {
             req.responder.reply(sfm_core::Message::new(h, Bytes::new()));
         }),
     );
-    let r = within(T, "reply", t.site1.request("site-2", "nosuch", "topic", Headers::new(), Bytes::new(), T)).await;
+    let r = within(
+        T,
+        "reply",
+        t.site1
+            .request("site-2", "nosuch", "topic", Headers::new(), Bytes::new(), T),
+    )
+    .await;
     assert_eq!(r.return_code(), ReturnCode::Ok);
     assert_eq!(r.header_str("topic_seen"), Some("topic"));
 }
@@ -269,7 +344,13 @@ async fn app_headers_and_large_payloads_cross_the_tree() {
     let payload = Bytes::from((0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let mut headers = Headers::new();
     headers.insert("app_key", Value::Array(vec![Value::from(1), Value::from("two")]));
-    let r = within(T, "reply", t.site3.request("site-1.job-7", ECHO.0, ECHO.1, headers, payload.clone(), T)).await;
+    let r = within(
+        T,
+        "reply",
+        t.site3
+            .request("site-1.job-7", ECHO.0, ECHO.1, headers, payload.clone(), T),
+    )
+    .await;
     assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
     assert_eq!(r.payload, payload);
 }
@@ -278,9 +359,17 @@ async fn app_headers_and_large_payloads_cross_the_tree() {
 async fn fire_and_forget_over_max_frame_size_is_refused_and_the_link_survives() {
     // Requests and replies above a frame travel as streams (tests/cell_streams.rs); a fire-and-forget message is
     // one frame, so it is refused with the setting to change.
-    let stream_sender =
-        sfm_core::stream::SenderConfig { chunk_size: 16 * 1024, ack_interval: 16 * 1024, window_size: 64 * 1024, ..Default::default() };
-    let cfg = CommConfig { max_frame_size: 128 * 1024, stream_sender, ..fast_config() };
+    let stream_sender = sfm_core::stream::SenderConfig {
+        chunk_size: 16 * 1024,
+        ack_interval: 16 * 1024,
+        window_size: 64 * 1024,
+        ..Default::default()
+    };
+    let cfg = CommConfig {
+        max_frame_size: 128 * 1024,
+        stream_sender,
+        ..fast_config()
+    };
     let server = Cell::new("server", cfg.clone()).unwrap();
     serve_echo(&server);
     let url = listen(&server).await;
@@ -288,7 +377,12 @@ async fn fire_and_forget_over_max_frame_size_is_refused_and_the_link_survives() 
     client.connect(&url).unwrap();
     wait_peers(&client, &["server"]).await;
     let big = Bytes::from(vec![0u8; 256 * 1024]);
-    let sent = within(T, "send", client.fire_and_forget(&["server".to_string()], ECHO.0, ECHO.1, Headers::new(), big)).await;
+    let sent = within(
+        T,
+        "send",
+        client.fire_and_forget(&["server".to_string()], ECHO.0, ECHO.1, Headers::new(), big),
+    )
+    .await;
     assert!(sent[0].1.contains("max_frame_size"), "{:?}", sent);
     // The connection survives a refused message.
     let r = echo(&client, "server", b"ping", T).await;

@@ -19,7 +19,11 @@ const T: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
 
 fn pattern(len: usize, seed: u8) -> Bytes {
-    Bytes::from((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>())
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>(),
+    )
 }
 
 async fn server_and_client(cfg: CommConfig) -> (Cell, Cell) {
@@ -36,9 +40,13 @@ async fn server_and_client(cfg: CommConfig) -> (Cell, Cell) {
 
 fn blob_sink(cell: &Cell) -> mpsc::UnboundedReceiver<Message> {
     let (tx, rx) = mpsc::unbounded_channel();
-    cell.register_blob_handler("test", "blob", Arc::new(move |m: Message| {
-        let _ = tx.send(m);
-    }));
+    cell.register_blob_handler(
+        "test",
+        "blob",
+        Arc::new(move |m: Message| {
+            let _ = tx.send(m);
+        }),
+    );
     rx
 }
 
@@ -47,11 +55,20 @@ async fn blobs_of_every_awkward_size_arrive_whole() {
     let (server, client) = server_and_client(fast_config()).await;
     let mut got = blob_sink(&server);
     let chunk = client.config().stream_sender.chunk_size as usize;
-    for (i, len) in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 10 * chunk + 7].into_iter().enumerate() {
+    for (i, len) in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 10 * chunk + 7]
+        .into_iter()
+        .enumerate()
+    {
         let payload = pattern(len, i as u8);
         let mut headers = Headers::new();
         headers.insert("n", i as i64);
-        within(T, "blob sent", client.send_blob("server", "test", "blob", headers, payload.clone())).await.unwrap();
+        within(
+            T,
+            "blob sent",
+            client.send_blob("server", "test", "blob", headers, payload.clone()),
+        )
+        .await
+        .unwrap();
         let m = within(T, "blob received", got.recv()).await.unwrap();
         assert_eq!(m.payload.len(), len);
         assert!(m.payload == payload, "blob {i} of {len} bytes differs");
@@ -67,9 +84,13 @@ async fn a_blob_without_handler_fails_the_sender_with_the_reason() {
     let (server, client) = server_and_client(fast_config()).await;
     // Larger than the window, so the receiver's refusal arrives while the sender still waits for ACKs (a blob
     // that fits in the window is all sent before the refusal can arrive, as with NVFlare).
-    let err = within(T, "send", client.send_blob("server", "nobody", "home", Headers::new(), pattern(64 * MIB, 1)))
-        .await
-        .unwrap_err();
+    let err = within(
+        T,
+        "send",
+        client.send_blob("server", "nobody", "home", Headers::new(), pattern(64 * MIB, 1)),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, StreamError::Aborted { by_peer: true, .. }), "{err}");
     assert!(err.to_string().contains("no blob handler"), "{err}");
     client.close();
@@ -84,14 +105,22 @@ async fn large_requests_and_replies_travel_as_streams_through_a_relay() {
     let relay = Cell::new("relay-1", cfg.clone()).unwrap();
     let relay_url = listen(&relay).await;
     relay.connect(&server_url).unwrap();
-    let leaves: Vec<Cell> = ["site-1", "site-2"].iter().map(|n| Cell::new(n, cfg.clone()).unwrap()).collect();
+    let leaves: Vec<Cell> = ["site-1", "site-2"]
+        .iter()
+        .map(|n| Cell::new(n, cfg.clone()).unwrap())
+        .collect();
     for leaf in &leaves {
         serve_echo(leaf);
         leaf.connect(&relay_url).unwrap();
     }
     wait_peers(&server, &["site-1", "site-2"]).await;
     let payload = pattern(9 * MIB + 3, 7);
-    let r = within(T, "reply", leaves[0].request("site-2", ECHO.0, ECHO.1, Headers::new(), payload.clone(), T)).await;
+    let r = within(
+        T,
+        "reply",
+        leaves[0].request("site-2", ECHO.0, ECHO.1, Headers::new(), payload.clone(), T),
+    )
+    .await;
     assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
     assert_eq!(r.header_str(ANSWERED_BY), Some("site-2"));
     assert!(r.payload == payload, "echoed payload differs");
@@ -104,20 +133,39 @@ async fn large_requests_and_replies_travel_as_streams_through_a_relay() {
 async fn a_message_larger_than_a_frame_goes_as_a_stream() {
     let cfg = CommConfig {
         max_frame_size: 256 * 1024,
-        stream_sender: sfm_core::stream::SenderConfig { chunk_size: 64 * 1024, ack_interval: 64 * 1024, window_size: 512 * 1024, ..Default::default() },
+        stream_sender: sfm_core::stream::SenderConfig {
+            chunk_size: 64 * 1024,
+            ack_interval: 64 * 1024,
+            window_size: 512 * 1024,
+            ..Default::default()
+        },
         ..fast_config()
     };
     let (server, client) = server_and_client(cfg).await;
     let big = pattern(3 * MIB, 3);
-    let r = within(T, "reply", client.request("server", ECHO.0, ECHO.1, Headers::new(), big.clone(), T)).await;
+    let r = within(
+        T,
+        "reply",
+        client.request("server", ECHO.0, ECHO.1, Headers::new(), big.clone(), T),
+    )
+    .await;
     assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
     assert!(r.payload == big);
     // Even on a channel NVFlare never streams, what cannot be one frame is streamed rather than refused.
-    server.register_request_handler("task", "echo", Arc::new(|req: sfm_core::cell::IncomingRequest| {
-        let payload = req.message.payload.clone();
-        req.responder.reply(Message::new(Headers::new(), payload));
-    }));
-    let r = within(T, "reply", client.request("server", "task", "echo", Headers::new(), big.clone(), T)).await;
+    server.register_request_handler(
+        "task",
+        "echo",
+        Arc::new(|req: sfm_core::cell::IncomingRequest| {
+            let payload = req.message.payload.clone();
+            req.responder.reply(Message::new(Headers::new(), payload));
+        }),
+    );
+    let r = within(
+        T,
+        "reply",
+        client.request("server", "task", "echo", Headers::new(), big.clone(), T),
+    )
+    .await;
     assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error());
     assert!(r.payload == big);
     client.close();
@@ -134,7 +182,9 @@ async fn concurrent_streams_share_a_connection() {
             tokio::spawn(async move {
                 let mut h = Headers::new();
                 h.insert("i", i as i64);
-                client.send_blob("server", "test", "blob", h, pattern(4 * MIB + i as usize, i)).await
+                client
+                    .send_blob("server", "test", "blob", h, pattern(4 * MIB + i as usize, i))
+                    .await
             })
         })
         .collect();
@@ -160,7 +210,11 @@ async fn small_requests_keep_flowing_during_a_large_stream() {
     let mut got = blob_sink(&server);
     let sender = {
         let client = client.clone();
-        tokio::spawn(async move { client.send_blob("server", "test", "blob", Headers::new(), pattern(256 * MIB, 9)).await })
+        tokio::spawn(async move {
+            client
+                .send_blob("server", "test", "blob", Headers::new(), pattern(256 * MIB, 9))
+                .await
+        })
     };
     let mut worst = Duration::ZERO;
     let mut during = 0;
@@ -174,7 +228,10 @@ async fn small_requests_keep_flowing_during_a_large_stream() {
     within(T, "send", sender).await.unwrap().unwrap();
     assert_eq!(within(T, "blob", got.recv()).await.unwrap().payload.len(), 256 * MIB);
     assert!(during >= 3, "only {during} round trips completed during the stream");
-    assert!(worst < Duration::from_secs(1), "a small request took {worst:?} during the stream");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a small request took {worst:?} during the stream"
+    );
     client.close();
     server.close();
 }
@@ -197,9 +254,15 @@ async fn a_receiver_that_stops_acking_is_detected_and_its_connection_closed() {
     assert!(matches!(err, StreamError::AckStalled { .. }), "{err}");
     assert!(err.to_string().contains("streaming_ack_progress_timeout"), "{err}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "stall reported after {took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "stall reported after {took:?}"
+    );
     let data_bytes: usize = frames.iter().map(|f| f.payload.len()).sum();
-    assert!(data_bytes <= 17 * MIB, "the sender sent {data_bytes} bytes with no ACK: more than its window");
+    assert!(
+        data_bytes <= 17 * MIB,
+        "the sender sent {data_bytes} bytes with no ACK: more than its window"
+    );
     server.close();
 }
 
@@ -212,8 +275,11 @@ async fn senders_giving_up_mid_stream_never_wedge_the_receiver() {
             let payload = pattern(MIB + (i as usize % 7) * 65_537, i as u8);
             // Give up after a few microseconds to a few milliseconds: the abort lands while the receiver is mid-way.
             let give_up = Duration::from_micros(50 + (i as u64 * 37) % 3000);
-            let _ = tokio::time::timeout(give_up, client.send_blob("server", "test", "blob", Headers::new(), payload))
-                .await;
+            let _ = tokio::time::timeout(
+                give_up,
+                client.send_blob("server", "test", "blob", Headers::new(), payload),
+            )
+            .await;
         }
     };
     within(Duration::from_secs(120), "1,000 abandoned streams", race).await;
@@ -227,7 +293,13 @@ async fn senders_giving_up_mid_stream_never_wedge_the_receiver() {
     let last = pattern(5 * MIB, 42);
     let mut marked = Headers::new();
     marked.insert("last", true);
-    within(T, "a blob after the race", client.send_blob("server", "test", "blob", marked, last.clone())).await.unwrap();
+    within(
+        T,
+        "a blob after the race",
+        client.send_blob("server", "test", "blob", marked, last.clone()),
+    )
+    .await
+    .unwrap();
     let arrived = within(T, "the last blob", async {
         loop {
             let m = got.recv().await.unwrap();
@@ -249,7 +321,10 @@ fn scratch_dir(tag: &str) -> std::path::PathBuf {
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,13 +332,24 @@ async fn files_stream_to_disk_and_names_cannot_escape_the_directory() {
     let (server, client) = server_and_client(fast_config()).await;
     let (src, dest) = (scratch_dir("src"), scratch_dir("dest"));
     let (tx, mut files) = mpsc::unbounded_channel();
-    server.register_file_handler("test", "file", dest.clone(), Arc::new(move |h: Headers, path, size| {
-        let _ = tx.send((h, path, size));
-    }));
+    server.register_file_handler(
+        "test",
+        "file",
+        dest.clone(),
+        Arc::new(move |h: Headers, path, size| {
+            let _ = tx.send((h, path, size));
+        }),
+    );
     let content = pattern(20 * MIB + 11, 4);
     let path = src.join("weights.bin");
     std::fs::write(&path, &content).unwrap();
-    let sent = within(T, "file sent", client.send_file("server", "test", "file", Headers::new(), &path)).await.unwrap();
+    let sent = within(
+        T,
+        "file sent",
+        client.send_file("server", "test", "file", Headers::new(), &path),
+    )
+    .await
+    .unwrap();
     assert_eq!(sent, content.len() as u64);
     let (headers, got, size) = within(T, "file received", files.recv()).await.unwrap();
     assert_eq!((got.clone(), size), (dest.join("weights.bin"), content.len() as u64));
@@ -274,10 +360,16 @@ async fn files_stream_to_disk_and_names_cannot_escape_the_directory() {
     for evil in ["../escape.bin", "/tmp/abs.bin", "sub/dir.bin", ".."] {
         let mut h = Headers::new();
         h.insert(sfm_core::cell::FILE_NAME, evil);
-        let err = within(T, "refusal", client.send_file("server", "test", "file", h, &path)).await.unwrap_err();
+        let err = within(T, "refusal", client.send_file("server", "test", "file", h, &path))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("refusing file name"), "{evil}: {err}");
     }
-    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1, "only the good file is in the directory");
+    assert_eq!(
+        std::fs::read_dir(&dest).unwrap().count(),
+        1,
+        "only the good file is in the directory"
+    );
     assert!(!src.join("escape.bin").exists() && !std::env::temp_dir().join("escape.bin").exists());
     let _ = (std::fs::remove_dir_all(&src), std::fs::remove_dir_all(&dest));
     client.close();
@@ -288,13 +380,21 @@ async fn files_stream_to_disk_and_names_cannot_escape_the_directory() {
 async fn a_reader_takes_chunks_as_they_arrive_and_paces_the_sender() {
     let (server, client) = server_and_client(fast_config()).await;
     let (tx, mut readers) = mpsc::unbounded_channel();
-    server.register_stream_reader("test", "read", Arc::new(move |r: sfm_core::cell::StreamReader| {
-        let _ = tx.send(r);
-    }));
+    server.register_stream_reader(
+        "test",
+        "read",
+        Arc::new(move |r: sfm_core::cell::StreamReader| {
+            let _ = tx.send(r);
+        }),
+    );
     let payload = pattern(64 * MIB + 5, 8);
     let sending = {
         let (client, payload) = (client.clone(), payload.clone());
-        tokio::spawn(async move { client.send_blob("server", "test", "read", Headers::new(), payload).await })
+        tokio::spawn(async move {
+            client
+                .send_blob("server", "test", "read", Headers::new(), payload)
+                .await
+        })
     };
     let mut reader = within(T, "a reader", readers.recv()).await.unwrap();
     assert_eq!((reader.origin(), reader.size()), ("site-1", Some(64 * MIB as u64 + 5)));
@@ -317,7 +417,11 @@ async fn a_reader_takes_chunks_as_they_arrive_and_paces_the_sender() {
     // A reader that stops early aborts the stream; the sender learns why.
     let sending = {
         let client = client.clone();
-        tokio::spawn(async move { client.send_blob("server", "test", "read", Headers::new(), pattern(64 * MIB, 1)).await })
+        tokio::spawn(async move {
+            client
+                .send_blob("server", "test", "read", Headers::new(), pattern(64 * MIB, 1))
+                .await
+        })
     };
     let mut reader = within(T, "a reader", readers.recv()).await.unwrap();
     reader.next_chunk(T).await.unwrap().unwrap();

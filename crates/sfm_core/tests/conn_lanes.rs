@@ -23,7 +23,10 @@ fn data(i: i64, payload: Bytes) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_frame_never_waits_past_its_deadline_and_a_stalled_writer_closes() {
     let send_timeout = Duration::from_millis(1500);
-    let cfg = CommConfig { send_timeout, ..fast_config() };
+    let cfg = CommConfig {
+        send_timeout,
+        ..fast_config()
+    };
     // The raw peer completes the handshake and then never reads again: the socket buffers fill up.
     let mut pair = conn_pair(&cfg, "server", "site-1").await;
     let chunk = Bytes::from(vec![7u8; MIB]);
@@ -33,9 +36,15 @@ async fn send_frame_never_waits_past_its_deadline_and_a_stalled_writer_closes() 
     let mut first_timeout = None;
     for i in 0..256 {
         let started = Instant::now();
-        let result = pair.conn.send_frame(data(i, chunk.clone()), Lane::Bulk, TokioInstant::now() + budget).await;
+        let result = pair
+            .conn
+            .send_frame(data(i, chunk.clone()), Lane::Bulk, TokioInstant::now() + budget)
+            .await;
         let took = started.elapsed();
-        assert!(took <= budget + slack, "send_frame #{i} blocked {took:?}, past its {budget:?} deadline");
+        assert!(
+            took <= budget + slack,
+            "send_frame #{i} blocked {took:?}, past its {budget:?} deadline"
+        );
         match result {
             Ok(()) => {}
             Err(ConnError::SendTimeout { peer, .. }) => {
@@ -51,23 +60,43 @@ async fn send_frame_never_waits_past_its_deadline_and_a_stalled_writer_closes() 
     // The control lane cannot get past a frame stuck mid-write either, but its caller is not held past the deadline.
     let started = Instant::now();
     let ping = Frame::control(FrameType::Ping, 18, Bytes::from_static(&[0xc0]));
-    let result = pair.conn.send_frame(ping, Lane::Control, TokioInstant::now() + budget).await;
-    assert!(started.elapsed() <= budget + slack, "control send blocked {:?}", started.elapsed());
+    let result = pair
+        .conn
+        .send_frame(ping, Lane::Control, TokioInstant::now() + budget)
+        .await;
+    assert!(
+        started.elapsed() <= budget + slack,
+        "control send blocked {:?}",
+        started.elapsed()
+    );
     assert!(matches!(result, Err(ConnError::SendTimeout { .. })), "{result:?}");
 
     // The frame stuck in the writer makes no progress: after send_timeout the connection is closed, since a
     // half-written frame cannot be resumed.
-    within(send_timeout + Duration::from_secs(2), "the stalled connection to close", pair.conn.closed()).await;
+    within(
+        send_timeout + Duration::from_secs(2),
+        "the stalled connection to close",
+        pair.conn.closed(),
+    )
+    .await;
     let closed_after = stalled_since.elapsed();
-    assert!(closed_after <= send_timeout + Duration::from_secs(1), "closed {closed_after:?} after the stall was seen");
+    assert!(
+        closed_after <= send_timeout + Duration::from_secs(1),
+        "closed {closed_after:?} after the stall was seen"
+    );
     let reason = pair.conn.close_reason().unwrap();
     assert!(reason.contains("streaming_send_timeout"), "{reason}");
-    let reported = within(Duration::from_secs(2), "on_closed", pair.closes.recv()).await.unwrap();
+    let reported = within(Duration::from_secs(2), "on_closed", pair.closes.recv())
+        .await
+        .unwrap();
     assert_eq!(reported, reason);
 
     // Later sends fail at once.
     let started = Instant::now();
-    let result = pair.conn.send_frame(data(0, Bytes::new()), Lane::Control, TokioInstant::now() + budget).await;
+    let result = pair
+        .conn
+        .send_frame(data(0, Bytes::new()), Lane::Control, TokioInstant::now() + budget)
+        .await;
     assert!(matches!(result, Err(ConnError::Closed { .. })), "{result:?}");
     assert!(started.elapsed() < Duration::from_millis(50));
     drop(pair.raw);
@@ -78,7 +107,10 @@ async fn a_slow_but_moving_peer_never_times_out() {
     // send_timeout bounds the time without progress, not the time a frame takes: one big frame that a reader drains
     // in small sips, taking well over send_timeout in all, must go through and leave the connection open.
     let send_timeout = Duration::from_millis(800);
-    let cfg = CommConfig { send_timeout, ..fast_config() };
+    let cfg = CommConfig {
+        send_timeout,
+        ..fast_config()
+    };
     let mut pair = conn_pair(&cfg, "server", "site-1").await;
     let size = 24 * MIB;
     let reader = tokio::spawn(async move {
@@ -96,9 +128,15 @@ async fn a_slow_but_moving_peer_never_times_out() {
     });
     let started = Instant::now();
     let deadline = TokioInstant::now() + Duration::from_secs(20);
-    pair.conn.send_frame(data(0, Bytes::from(vec![1u8; size])), Lane::Bulk, deadline).await.unwrap();
+    pair.conn
+        .send_frame(data(0, Bytes::from(vec![1u8; size])), Lane::Bulk, deadline)
+        .await
+        .unwrap();
     let took = started.elapsed();
-    assert!(took > send_timeout, "the peer was not slow enough to prove anything ({took:?})");
+    assert!(
+        took > send_timeout,
+        "the peer was not slow enough to prove anything ({took:?})"
+    );
     assert!(!pair.conn.is_closed(), "{:?}", pair.conn.close_reason());
     let total = within(Duration::from_secs(20), "the reader", reader).await.unwrap();
     assert!(total >= size);
@@ -112,13 +150,21 @@ async fn control_frames_overtake_queued_bulk() {
     let deadline = TokioInstant::now() + Duration::from_secs(30);
     let bulk = 64;
     for i in 0..bulk {
-        pair.conn.send_frame_nowait(data(i, chunk.clone()), Lane::Bulk, deadline).unwrap();
+        pair.conn
+            .send_frame_nowait(data(i, chunk.clone()), Lane::Bulk, deadline)
+            .unwrap();
     }
     // Let the writer get going: it is now stuck in the middle of the bulk queue, the socket buffers full.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut h = Headers::new();
     h.insert("control", true);
-    pair.conn.send_frame_nowait(Frame::data(1, 18, h, Bytes::from_static(b"urgent")), Lane::Control, deadline).unwrap();
+    pair.conn
+        .send_frame_nowait(
+            Frame::data(1, 18, h, Bytes::from_static(b"urgent")),
+            Lane::Control,
+            deadline,
+        )
+        .unwrap();
 
     // Only now does the peer start reading.
     let mut order = Vec::new();
@@ -129,7 +175,10 @@ async fn control_frames_overtake_queued_bulk() {
         }
     })
     .await;
-    let pos = order.iter().position(|f| f.headers.get("control").is_some()).expect("control frame never arrived");
+    let pos = order
+        .iter()
+        .position(|f| f.headers.get("control").is_some())
+        .expect("control frame never arrived");
     let behind = bulk as usize - pos;
     eprintln!("control frame written at position {pos} of {}", bulk + 1);
     assert!(
@@ -138,18 +187,26 @@ async fn control_frames_overtake_queued_bulk() {
     );
     assert_eq!(&order[pos].payload[..], b"urgent");
     // Bulk frames keep their own order, and every frame carries the next connection sequence number (READY was 1).
-    let bulk_ids: Vec<i64> = order.iter().filter_map(|f| f.headers.get("i").and_then(Value::as_i64)).collect();
+    let bulk_ids: Vec<i64> = order
+        .iter()
+        .filter_map(|f| f.headers.get("i").and_then(Value::as_i64))
+        .collect();
     assert_eq!(bulk_ids, (0..bulk).collect::<Vec<_>>());
     let seqs: Vec<u16> = order.iter().map(|f| f.sequence).collect();
     assert_eq!(seqs, (2..2 + bulk as u16 + 1).collect::<Vec<_>>());
-    assert!(order.iter().all(|f| f.payload.len() == MIB || f.headers.get("control").is_some()));
+    assert!(order
+        .iter()
+        .all(|f| f.payload.len() == MIB || f.headers.get("control").is_some()));
     pair.conn.close("test over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_over_max_frame_size_closes_the_connection() {
     let max = 64 * 1024;
-    let cfg = CommConfig { max_frame_size: max, ..fast_config() };
+    let cfg = CommConfig {
+        max_frame_size: max,
+        ..fast_config()
+    };
     let mut pair = conn_pair(&cfg, "server", "site-1").await;
 
     // A frame of exactly max_frame_size bytes is fine.
@@ -157,13 +214,22 @@ async fn frame_over_max_frame_size_closes_the_connection() {
     let exact = data(0, Bytes::from(vec![5u8; max - header_len]));
     assert_eq!(exact.encode().unwrap().len(), max);
     pair.raw.send(exact).await;
-    let got = within(Duration::from_secs(2), "the max-size frame", pair.frames.recv()).await.unwrap();
+    let got = within(Duration::from_secs(2), "the max-size frame", pair.frames.recv())
+        .await
+        .unwrap();
     assert_eq!(got.payload.len(), max - header_len);
 
     // A prefix announcing 1 GiB is refused as soon as it arrives; the body never comes.
     let mut prefix = Vec::new();
-    Prefix { length: 1 << 30, frame_type: 1, app_id: 1, stream_id: 17, sequence: 3, ..Prefix::default() }
-        .encode(&mut prefix);
+    Prefix {
+        length: 1 << 30,
+        frame_type: 1,
+        app_id: 1,
+        stream_id: 17,
+        sequence: 3,
+        ..Prefix::default()
+    }
+    .encode(&mut prefix);
     let sent = Instant::now();
     pair.raw.send_raw(&prefix).await;
     within(Duration::from_secs(2), "the connection to close", pair.conn.closed()).await;
@@ -171,7 +237,9 @@ async fn frame_over_max_frame_size_closes_the_connection() {
     let reason = pair.conn.close_reason().unwrap();
     assert!(reason.contains("max_frame_size"), "{reason}");
     assert!(reason.contains(&(1u64 << 30).to_string()), "{reason}");
-    let reported = within(Duration::from_secs(2), "on_closed", pair.closes.recv()).await.unwrap();
+    let reported = within(Duration::from_secs(2), "on_closed", pair.closes.recv())
+        .await
+        .unwrap();
     assert_eq!(reported, reason);
     // The peer sees the end of the stream, and nothing more was delivered.
     pair.raw.read_until_eof(Duration::from_secs(2)).await;
@@ -179,7 +247,9 @@ async fn frame_over_max_frame_size_closes_the_connection() {
 
     // One byte over the limit, announced by a real frame, is refused too.
     let mut pair = conn_pair(&cfg, "server", "site-2").await;
-    pair.raw.send(data(1, Bytes::from(vec![5u8; max - header_len + 1]))).await;
+    pair.raw
+        .send(data(1, Bytes::from(vec![5u8; max - header_len + 1])))
+        .await;
     within(Duration::from_secs(2), "the connection to close", pair.conn.closed()).await;
     assert!(pair.conn.close_reason().unwrap().contains("max_frame_size"));
     assert!(pair.frames.try_recv().is_err());

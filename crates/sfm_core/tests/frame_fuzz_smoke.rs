@@ -6,8 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
 use sfm_core::frame::{
-    decode_value, encode_value, Frame, FrameCodec, FrameError, FrameType, Headers, Prefix, Value,
-    PREFIX_LEN,
+    decode_value, encode_value, Frame, FrameCodec, FrameError, FrameType, Headers, Prefix, Value, PREFIX_LEN,
 };
 
 /// Small limit so that "too large" is easy to announce and cheap to check.
@@ -58,9 +57,7 @@ impl Rng {
     }
 
     fn frame(&mut self) -> Bytes {
-        let headers: Headers = (0..self.below(6))
-            .map(|i| (format!("h{i}"), self.value(2)))
-            .collect();
+        let headers: Headers = (0..self.below(6)).map(|i| (format!("h{i}"), self.value(2))).collect();
         let payload = self.bytes_below(300);
         let frame = Frame {
             frame_type: FrameType::from_u8(self.next() as u8),
@@ -195,9 +192,7 @@ fn hostile_inputs_never_panic() {
         let frame = rng.frame();
         let cut = rng.below(frame.len());
         let input = &frame[..cut];
-        guarded(input, || {
-            assert_eq!(run_codec(input, Some(&mut pieces)), Ok(vec![]))
-        });
+        guarded(input, || assert_eq!(run_codec(input, Some(&mut pieces)), Ok(vec![])));
         count += 1;
     }
 
@@ -218,18 +213,14 @@ fn hostile_inputs_never_panic() {
 
     // Prefixes announcing more than the limit: refused, nothing reserved.
     for _ in 0..10_000 {
-        let length = (MAX_FRAME as u32 + 1)
-            .saturating_add(rng.next() as u32 % (u32::MAX - MAX_FRAME as u32));
+        let length = (MAX_FRAME as u32 + 1).saturating_add(rng.next() as u32 % (u32::MAX - MAX_FRAME as u32));
         let mut input = prefix(length, rng.next() as u16);
         input.extend(rng.bytes_below(32));
         guarded(&input, || {
             let mut src = BytesMut::from(&input[..]);
             let capacity = src.capacity();
             let refused = FrameCodec::new(MAX_FRAME).decode(&mut src);
-            assert!(
-                matches!(refused, Err(FrameError::TooLarge { .. })),
-                "{refused:?}"
-            );
+            assert!(matches!(refused, Err(FrameError::TooLarge { .. })), "{refused:?}");
             assert_eq!(src.capacity(), capacity, "reserved for a refused frame");
             assert!(capacity < 64, "test input itself is small");
         });
@@ -279,10 +270,7 @@ fn hostile_inputs_never_panic() {
             let mut map = vec![0x81, 0xa1, b'k'];
             map.extend_from_slice(&nested[..n.min(60_000)]);
             let input = framed(map.len(), &map);
-            assert!(matches!(
-                run_codec(&input, None),
-                Err(FrameError::BadHeaders(_))
-            ));
+            assert!(matches!(run_codec(&input, None), Err(FrameError::BadHeaders(_))));
         });
         count += 1;
     }
@@ -315,12 +303,6 @@ fn hello_payload_is_readable() {
     let frame = Frame::control(FrameType::Hello, 1, payload.freeze());
     let decoded = run_codec(&frame.encode().unwrap(), None).unwrap();
     let value = decode_value(&decoded[0].payload).unwrap();
-    assert_eq!(
-        value.get("endpoint_name").and_then(Value::as_str),
-        Some("site-1")
-    );
-    assert_eq!(
-        value.get("timestamp").and_then(Value::as_f64),
-        Some(1_700_000_000.25)
-    );
+    assert_eq!(value.get("endpoint_name").and_then(Value::as_str), Some("site-1"));
+    assert_eq!(value.get("timestamp").and_then(Value::as_f64), Some(1_700_000_000.25));
 }

@@ -5,9 +5,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::RngAlgorithm;
-use sfm_core::frame::{
-    decode_value, encode_value, Frame, FrameCodec, FrameType, Headers, Prefix, Value, PREFIX_LEN,
-};
+use sfm_core::frame::{decode_value, encode_value, Frame, FrameCodec, FrameType, Headers, Prefix, Value, PREFIX_LEN};
 
 /// Scalars in their canonical decoded form: `UInt` only above `i64::MAX`,
 /// and no NaN (which never compares equal to itself).
@@ -18,12 +16,8 @@ fn leaf() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::Int),
         (-40i64..300).prop_map(Value::Int),
         (i64::MAX as u64 + 1..=u64::MAX).prop_map(Value::UInt),
-        any::<f32>()
-            .prop_filter("NaN", |f| !f.is_nan())
-            .prop_map(Value::F32),
-        any::<f64>()
-            .prop_filter("NaN", |f| !f.is_nan())
-            .prop_map(Value::F64),
+        any::<f32>().prop_filter("NaN", |f| !f.is_nan()).prop_map(Value::F32),
+        any::<f64>().prop_filter("NaN", |f| !f.is_nan()).prop_map(Value::F64),
         ".{0,40}".prop_map(Value::Str),
         (250..300usize).prop_map(|n| Value::Str("é".repeat(n / 2))),
         bytes(300).prop_map(Value::Bin),
@@ -93,10 +87,7 @@ fn decode_in_pieces(bytes: &[u8], sizes: &[usize]) -> Result<(Vec<Frame>, usize)
         let (piece, tail) = rest.split_at(size.min(rest.len()));
         src.extend_from_slice(piece);
         rest = tail;
-        while let Some(frame) = codec
-            .decode(&mut src)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?
-        {
+        while let Some(frame) = codec.decode(&mut src).map_err(|e| TestCaseError::fail(e.to_string()))? {
             frames.push(frame);
         }
     }

@@ -25,8 +25,15 @@ const FIXTURES: [&str; 11] = [
 ];
 
 fn raw(name: &str) -> Bytes {
-    let path: PathBuf =
-        [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", "nvflare", &format!("{name}.bin")].iter().collect();
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests",
+        "fixtures",
+        "nvflare",
+        &format!("{name}.bin"),
+    ]
+    .iter()
+    .collect();
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())))
 }
 
@@ -34,7 +41,11 @@ fn raw(name: &str) -> Bytes {
 fn decode(name: &str) -> (Prefix, Frame) {
     let bytes = raw(name);
     let prefix = Prefix::decode(&bytes).unwrap();
-    assert_eq!(prefix.length as usize, bytes.len(), "{name}: length field counts the whole frame");
+    assert_eq!(
+        prefix.length as usize,
+        bytes.len(),
+        "{name}: length field counts the whole frame"
+    );
     let mut src = BytesMut::from(&bytes[..]);
     let frame = FrameCodec::default()
         .decode(&mut src)
@@ -45,7 +56,8 @@ fn decode(name: &str) -> (Prefix, Frame) {
 }
 
 fn str_header<'a>(h: &'a Headers, key: &str) -> &'a str {
-    h.get_str(key).unwrap_or_else(|| panic!("{key} missing or not a str: {:?}", h.get(key)))
+    h.get_str(key)
+        .unwrap_or_else(|| panic!("{key} missing or not a str: {:?}", h.get(key)))
 }
 
 #[test]
@@ -57,8 +69,16 @@ fn every_fixture_re_encodes_byte_exact() {
         assert_eq!(&again[..], &original[..], "{name}: re-encoded frame differs");
         // The headers alone, too, and the head that a writer sends before an uncopied payload.
         let header_len = u16::from_be_bytes([original[4], original[5]]) as usize;
-        assert_eq!(&frame.headers.encode()[..], &original[PREFIX_LEN..PREFIX_LEN + header_len], "{name}: headers");
-        assert_eq!(&frame.encode_head().unwrap()[..], &original[..PREFIX_LEN + header_len], "{name}: head");
+        assert_eq!(
+            &frame.headers.encode()[..],
+            &original[PREFIX_LEN..PREFIX_LEN + header_len],
+            "{name}: headers"
+        );
+        assert_eq!(
+            &frame.encode_head().unwrap()[..],
+            &original[..PREFIX_LEN + header_len],
+            "{name}: head"
+        );
     }
 }
 
@@ -104,9 +124,18 @@ fn handshake_payloads_name_the_endpoint() {
     for (name, endpoint) in [("hello", "site-1"), ("ready", "server")] {
         let (_, frame) = decode(name);
         let body = decode_value(&frame.payload).unwrap();
-        let keys: Vec<&str> = body.as_map().unwrap().iter().map(|(k, _)| k.as_str().unwrap()).collect();
+        let keys: Vec<&str> = body
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_str().unwrap())
+            .collect();
         assert_eq!(keys, ["endpoint_name", "timestamp", "fqcn"], "{name}");
-        assert_eq!(body.get("endpoint_name").and_then(Value::as_str), Some(endpoint), "{name}");
+        assert_eq!(
+            body.get("endpoint_name").and_then(Value::as_str),
+            Some(endpoint),
+            "{name}"
+        );
         assert_eq!(body.get("fqcn").and_then(Value::as_str), Some(endpoint), "{name}");
         assert!(
             matches!(body.get("timestamp"), Some(Value::F64(t)) if *t > 1.7e9),
@@ -137,25 +166,46 @@ fn check_cell_headers(name: &str, h: &Headers) {
     // Not every message has these (a returned request has no channel, a reply may lack cn__secure), but where
     // present they have these types.
     for key in ["cn__channel", "cn__topic"] {
-        assert!(h.get(key).is_none_or(|v| v.as_str().is_some()), "{name}: {key} is {:?}", h.get(key));
+        assert!(
+            h.get(key).is_none_or(|v| v.as_str().is_some()),
+            "{name}: {key} is {:?}",
+            h.get(key)
+        );
     }
     for key in ["cn__secure", "cn__optional", "cn__reply_expected"] {
-        assert!(h.get(key).is_none_or(|v| v.as_bool().is_some()), "{name}: {key} is {:?}", h.get(key));
+        assert!(
+            h.get(key).is_none_or(|v| v.as_bool().is_some()),
+            "{name}: {key} is {:?}",
+            h.get(key)
+        );
     }
     assert!(
         matches!(h.get("cn__send_time"), Some(Value::F64(_))),
         "{name}: cn__send_time {:?}",
         h.get("cn__send_time")
     );
-    assert!(h.get("cn__payload_len").and_then(Value::as_i64).is_some(), "{name}: cn__payload_len");
-    let route = h.get("cn__route").and_then(Value::as_array).unwrap_or_else(|| panic!("{name}: cn__route"));
+    assert!(
+        h.get("cn__payload_len").and_then(Value::as_i64).is_some(),
+        "{name}: cn__payload_len"
+    );
+    let route = h
+        .get("cn__route")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("{name}: cn__route"));
     assert!(!route.is_empty(), "{name}: empty route");
     for hop in route {
         let hop = hop.as_array().unwrap_or_else(|| panic!("{name}: route entry {hop:?}"));
-        assert!(matches!(hop, [Value::Str(_), Value::F64(_)]), "{name}: route entry is not [str, f64]: {hop:?}");
+        assert!(
+            matches!(hop, [Value::Str(_), Value::F64(_)]),
+            "{name}: route entry is not [str, f64]: {hop:?}"
+        );
     }
     // The origin put itself first on the route.
-    assert_eq!(route[0].as_array().unwrap()[0].as_str(), h.get_str("cn__origin"), "{name}");
+    assert_eq!(
+        route[0].as_array().unwrap()[0].as_str(),
+        h.get_str("cn__origin"),
+        "{name}"
+    );
 }
 
 fn is_uuid4(s: &str) -> bool {
@@ -169,7 +219,14 @@ fn is_uuid4(s: &str) -> bool {
 fn requests_carry_nvflare_cell_headers() {
     for (name, from, to, dest, topic, payload) in [
         ("data_request", "site-1", "server", "server", "echo", &b"hello"[..]),
-        ("request_unroutable", "site-3", "server", "nosuch.cell", "echo", b"hello"),
+        (
+            "request_unroutable",
+            "site-3",
+            "server",
+            "nosuch.cell",
+            "echo",
+            b"hello",
+        ),
         ("bye_request", "site-1", "server", "server", "bye", b""),
     ] {
         let (_, frame) = decode(name);
@@ -181,13 +238,21 @@ fn requests_carry_nvflare_cell_headers() {
         assert_eq!(str_header(h, "cn__to"), to, "{name}");
         assert_eq!(str_header(h, "cn__destination"), dest, "{name}");
         assert_eq!(str_header(h, "cn__topic"), topic, "{name}");
-        assert!(is_uuid4(str_header(h, "cn__req_id")), "{name}: req id {:?}", h.get("cn__req_id"));
+        assert!(
+            is_uuid4(str_header(h, "cn__req_id")),
+            "{name}: req id {:?}",
+            h.get("cn__req_id")
+        );
         for key in ["cn__channel", "cn__topic", "cn__secure", "cn__optional"] {
             assert!(h.contains_key(key), "{name}: requests carry {key}");
         }
         assert_eq!(h.get("cn__reply_expected"), Some(&Value::Bool(true)), "{name}");
         assert_eq!(&frame.payload[..], payload, "{name}");
-        assert_eq!(h.get("cn__payload_len").and_then(Value::as_i64), Some(payload.len() as i64), "{name}");
+        assert_eq!(
+            h.get("cn__payload_len").and_then(Value::as_i64),
+            Some(payload.len() as i64),
+            "{name}"
+        );
         let encoding = if payload.is_empty() { "none" } else { "bytes" };
         assert_eq!(str_header(h, "cn__payload_encoding"), encoding, "{name}");
     }
@@ -215,8 +280,16 @@ fn replies_carry_return_codes_and_the_request_id() {
         assert!(is_uuid4(req_id), "{name}");
         if !request.is_empty() {
             let (_, req) = decode(request);
-            assert_eq!(Some(req_id), req.headers.get_str("cn__req_id"), "{name} answers {request}");
-            assert_eq!(str_header(h, "cn__destination"), str_header(&req.headers, "cn__origin"), "{name}");
+            assert_eq!(
+                Some(req_id),
+                req.headers.get_str("cn__req_id"),
+                "{name} answers {request}"
+            );
+            assert_eq!(
+                str_header(h, "cn__destination"),
+                str_header(&req.headers, "cn__origin"),
+                "{name}"
+            );
         }
     }
     let (_, reply) = decode("data_reply");
@@ -238,8 +311,14 @@ fn returned_request_keeps_the_original_headers() {
     assert_eq!(str_header(h, "cn__destination"), "site-3");
     let (_, req) = decode("request_unroutable");
     // The original headers come back as a nested map, equal to the request's headers, key for key and in order.
-    let original = h.get("cn__original_headers").and_then(Value::as_map).expect("cn__original_headers map");
-    let original: Headers = original.iter().map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone())).collect();
+    let original = h
+        .get("cn__original_headers")
+        .and_then(Value::as_map)
+        .expect("cn__original_headers map");
+    let original: Headers = original
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+        .collect();
     assert_eq!(original, req.headers);
     // A returned request names the request it answers with a one-element list of ids, as a batched reply would.
     let req_id = req.headers.get_str("cn__req_id").unwrap();

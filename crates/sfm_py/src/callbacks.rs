@@ -24,7 +24,9 @@ impl CallbackPool {
                 }
             })?;
         }
-        Ok(CallbackPool { tx: Mutex::new(Some(tx)) })
+        Ok(CallbackPool {
+            tx: Mutex::new(Some(tx)),
+        })
     }
 
     /// Queues a job; false once the pool is shut down.

@@ -27,7 +27,8 @@ pub struct PyCell {
 }
 
 fn timeout_arg(timeout: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(timeout).map_err(|_| config_error("timeout", "must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(timeout)
+        .map_err(|_| config_error("timeout", "must be a non-negative number of seconds"))
 }
 
 fn reply_to_py(py: Python<'_>, reply: &Message) -> PyResult<Py<PyTuple>> {
@@ -85,7 +86,10 @@ fn run_handler(py: Python<'_>, callback: &Py<PyAny>, request: IncomingRequest) {
             return Ok(None);
         }
         let (headers, payload): (Option<Bound<'_, PyAny>>, Option<Bound<'_, PyAny>>) = result.extract()?;
-        Ok(Some(Message::new(py_to_headers(headers.as_ref())?, payload_from_py(payload.as_ref())?)))
+        Ok(Some(Message::new(
+            py_to_headers(headers.as_ref())?,
+            payload_from_py(payload.as_ref())?,
+        )))
     })();
     match outcome {
         Ok(Some(reply)) => responder.reply(reply),
@@ -93,7 +97,10 @@ fn run_handler(py: Python<'_>, callback: &Py<PyAny>, request: IncomingRequest) {
         Err(err) => {
             let text = err.to_string();
             err.display(py);
-            responder.reply(Message::error_reply(ReturnCode::ProcessException, format!("handler raised {text}")));
+            responder.reply(Message::error_reply(
+                ReturnCode::ProcessException,
+                format!("handler raised {text}"),
+            ));
         }
     }
 }
@@ -110,7 +117,9 @@ impl PyCell {
             Some(s) => {
                 let copy = s.copy()?;
                 if let Some(v) = copy.get_item("callback_pool_size")? {
-                    pool_size = v.extract().map_err(|_| config_error("callback_pool_size", "must be a positive integer"))?;
+                    pool_size = v
+                        .extract()
+                        .map_err(|_| config_error("callback_pool_size", "must be a positive integer"))?;
                     if pool_size == 0 {
                         return Err(config_error("callback_pool_size", "must be a positive integer"));
                     }
@@ -125,7 +134,11 @@ impl PyCell {
         let cell = Cell::with_handle(fqcn, config, handle).map_err(from_cell_error)?;
         let pool = CallbackPool::new(pool_size, "flare-callback")
             .map_err(|e| transport_error(format!("cannot start the callback pool: {e}")))?;
-        Ok(PyCell { cell, pool: Arc::new(pool), pid: std::process::id() })
+        Ok(PyCell {
+            cell,
+            pool: Arc::new(pool),
+            pid: std::process::id(),
+        })
     }
 
     #[getter]
@@ -151,16 +164,21 @@ impl PyCell {
     /// `callback(headers: dict, payload: Payload) -> None | (headers | None, payload | None)`, run on the pool.
     /// If the pool is gone (the cell is closing), a request is dropped and its responder answers OK.
     fn register_request_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
-        self.cell.register_request_handler(channel, topic, Arc::new(self.pooled(callback, run_handler)));
+        self.cell
+            .register_request_handler(channel, topic, Arc::new(self.pooled(callback, run_handler)));
     }
 
     /// `callback(headers: dict, payload: Payload)` for each whole blob sent to (channel, topic), run on the pool.
     fn register_blob_cb(&self, channel: &str, topic: &str, callback: Py<PyAny>) {
         let run = |py: Python<'_>, callback: &Py<PyAny>, blob: Message| {
             let headers = headers_to_py(py, &blob.headers)?;
-            callback.bind(py).call1((headers, Py::new(py, Payload::new(blob.payload))?)).map(drop)
+            callback
+                .bind(py)
+                .call1((headers, Py::new(py, Payload::new(blob.payload))?))
+                .map(drop)
         };
-        self.cell.register_blob_handler(channel, topic, Arc::new(self.pooled(callback, reporting(run))));
+        self.cell
+            .register_blob_handler(channel, topic, Arc::new(self.pooled(callback, reporting(run))));
     }
 
     /// Streams `payload` to `target`'s blob callback for (channel, topic); returns once the last chunk is sent.
@@ -192,7 +210,8 @@ impl PyCell {
             let reader = Py::new(py, crate::reader::PyStreamReader::new(py, reader, idle)?)?;
             callback.bind(py).call1((reader,)).map(drop)
         };
-        self.cell.register_stream_reader(channel, topic, Arc::new(self.pooled(callback, reporting(run))));
+        self.cell
+            .register_stream_reader(channel, topic, Arc::new(self.pooled(callback, reporting(run))));
     }
 
     /// Streams the file at `path` to `target`'s file callback for (channel, topic); returns the bytes sent.
@@ -221,11 +240,15 @@ impl PyCell {
     fn register_file_cb(&self, channel: &str, topic: &str, directory: std::path::PathBuf, callback: Py<PyAny>) {
         type Received = (Headers, std::path::PathBuf, u64);
         let run = |py: Python<'_>, callback: &Py<PyAny>, (headers, path, size): Received| {
-            callback.bind(py).call1((headers_to_py(py, &headers)?, path, size)).map(drop)
+            callback
+                .bind(py)
+                .call1((headers_to_py(py, &headers)?, path, size))
+                .map(drop)
         };
         let on_file = self.pooled(callback, reporting(run));
         let handler = move |headers: Headers, path: std::path::PathBuf, size: u64| on_file((headers, path, size));
-        self.cell.register_file_handler(channel, topic, directory, Arc::new(handler));
+        self.cell
+            .register_file_handler(channel, topic, directory, Arc::new(handler));
     }
 
     /// `callback(event: "up" | "down", name: str, reason: str)`, run on the pool.
@@ -254,7 +277,11 @@ impl PyCell {
         timeout: f64,
     ) -> PyResult<Py<PyTuple>> {
         self.check_process()?;
-        let (payload, headers, timeout) = (payload_from_py(payload)?, py_to_headers(headers)?, timeout_arg(timeout)?);
+        let (payload, headers, timeout) = (
+            payload_from_py(payload)?,
+            py_to_headers(headers)?,
+            timeout_arg(timeout)?,
+        );
         let cell = self.cell.clone();
         let (target, channel, topic) = (target.to_string(), channel.to_string(), topic.to_string());
         let reply = runtime::wait(py, self.cell.runtime(), async move {
@@ -277,13 +304,21 @@ impl PyCell {
         timeout: f64,
     ) -> PyResult<Vec<(String, Py<PyTuple>)>> {
         self.check_process()?;
-        let (payload, headers, timeout) = (payload_from_py(payload)?, py_to_headers(headers)?, timeout_arg(timeout)?);
+        let (payload, headers, timeout) = (
+            payload_from_py(payload)?,
+            py_to_headers(headers)?,
+            timeout_arg(timeout)?,
+        );
         let cell = self.cell.clone();
         let (channel, topic) = (channel.to_string(), topic.to_string());
         let replies = runtime::wait(py, self.cell.runtime(), async move {
-            cell.broadcast(&targets, &channel, &topic, headers, payload, timeout).await
+            cell.broadcast(&targets, &channel, &topic, headers, payload, timeout)
+                .await
         })?;
-        replies.iter().map(|(t, reply)| Ok((t.clone(), reply_to_py(py, reply)?))).collect()
+        replies
+            .iter()
+            .map(|(t, reply)| Ok((t.clone(), reply_to_py(py, reply)?)))
+            .collect()
     }
 
     /// Sends without waiting for replies; returns `{target: ""}` on success or the reason it could not be sent.
@@ -322,7 +357,9 @@ impl PyCell {
         let timeout = timeout_arg(timeout)?;
         let cell = self.cell.clone();
         let name = name.to_string();
-        runtime::wait(py, self.cell.runtime(), async move { cell.wait_for_peer(&name, timeout).await })
+        runtime::wait(py, self.cell.runtime(), async move {
+            cell.wait_for_peer(&name, timeout).await
+        })
     }
 
     /// Closes connections, stops listening and reconnecting, fails pending requests, and stops the callback pool.

@@ -60,9 +60,15 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     } else if let Ok(b) = obj.cast::<PyBytes>() {
         Ok(Value::Bin(Bytes::copy_from_slice(b.as_bytes())))
     } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        obj.try_iter()?.map(|item| py_to_value(&item?)).collect::<PyResult<Vec<_>>>().map(Value::Array)
+        obj.try_iter()?
+            .map(|item| py_to_value(&item?))
+            .collect::<PyResult<Vec<_>>>()
+            .map(Value::Array)
     } else if let Ok(d) = obj.cast::<PyDict>() {
-        d.iter().map(|(k, v)| Ok((py_to_value(&k)?, py_to_value(&v)?))).collect::<PyResult<Vec<_>>>().map(Value::Map)
+        d.iter()
+            .map(|(k, v)| Ok((py_to_value(&k)?, py_to_value(&v)?)))
+            .collect::<PyResult<Vec<_>>>()
+            .map(Value::Map)
     } else {
         Err(PyTypeError::new_err(format!(
             "header values must be None, bool, int, float, str, bytes, list, tuple or dict, not {}",
@@ -81,10 +87,16 @@ pub fn headers_to_py(py: Python<'_>, headers: &Headers) -> PyResult<Py<PyDict>> 
 
 pub fn py_to_headers(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Headers> {
     let mut headers = Headers::new();
-    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(headers) };
-    let dict = obj.cast::<PyDict>().map_err(|_| PyTypeError::new_err("headers must be a dict"))?;
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(headers);
+    };
+    let dict = obj
+        .cast::<PyDict>()
+        .map_err(|_| PyTypeError::new_err("headers must be a dict"))?;
     for (k, v) in dict.iter() {
-        let key: String = k.extract().map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        let key: String = k
+            .extract()
+            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
         headers.insert(key, py_to_value(&v)?);
     }
     Ok(headers)
@@ -143,7 +155,9 @@ const COPY_BELOW: usize = 16 * 1024;
 
 /// Borrows any C-contiguous bytes-like object (bytes, bytearray, memoryview, numpy array, ...) without copying.
 pub fn payload_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else { return Ok(Bytes::new()) };
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(Bytes::new());
+    };
     if let Ok(p) = obj.cast::<crate::payload::Payload>() {
         return Ok(p.get().bytes());
     }
@@ -173,12 +187,15 @@ pub fn payload_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
 }
 
 fn seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
-    let s: f64 = v.extract().map_err(|_| config_error(name, "must be a number of seconds"))?;
+    let s: f64 = v
+        .extract()
+        .map_err(|_| config_error(name, "must be a number of seconds"))?;
     Duration::try_from_secs_f64(s).map_err(|_| config_error(name, "must be a non-negative number of seconds"))
 }
 
 fn count(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
-    v.extract().map_err(|_| config_error(name, "must be a non-negative integer"))
+    v.extract()
+        .map_err(|_| config_error(name, "must be a non-negative integer"))
 }
 
 /// Builds the core settings from a dict of `{name: value}`; durations are seconds. Unknown names are refused.
@@ -213,8 +230,9 @@ pub fn comm_config_from_py(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Com
             "streaming_ack_progress_timeout" => cfg.stream_sender.ack_progress_timeout = seconds(&name, &v)?,
             "streaming_stall_check_interval" => cfg.stream_sender.stall_check_interval = seconds(&name, &v)?,
             "sfm_send_stall_consecutive_checks" => {
-                cfg.stream_sender.stall_consecutive_checks =
-                    v.extract().map_err(|_| config_error(&name, "must be a non-negative integer"))?
+                cfg.stream_sender.stall_consecutive_checks = v
+                    .extract()
+                    .map_err(|_| config_error(&name, "must be a non-negative integer"))?
             }
             "sfm_close_stalled_connection" => {
                 cfg.close_stalled_connection = v.extract().map_err(|_| config_error(&name, "must be a bool"))?
@@ -253,12 +271,24 @@ pub fn default_comm_config(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("streaming_chunk_size", cfg.stream_sender.chunk_size)?;
     d.set_item("streaming_window_size", cfg.stream_sender.window_size)?;
     d.set_item("streaming_ack_interval", cfg.stream_sender.ack_interval)?;
-    d.set_item("streaming_ack_progress_timeout", cfg.stream_sender.ack_progress_timeout.as_secs_f64())?;
-    d.set_item("streaming_stall_check_interval", cfg.stream_sender.stall_check_interval.as_secs_f64())?;
-    d.set_item("sfm_send_stall_consecutive_checks", cfg.stream_sender.stall_consecutive_checks)?;
+    d.set_item(
+        "streaming_ack_progress_timeout",
+        cfg.stream_sender.ack_progress_timeout.as_secs_f64(),
+    )?;
+    d.set_item(
+        "streaming_stall_check_interval",
+        cfg.stream_sender.stall_check_interval.as_secs_f64(),
+    )?;
+    d.set_item(
+        "sfm_send_stall_consecutive_checks",
+        cfg.stream_sender.stall_consecutive_checks,
+    )?;
     d.set_item("sfm_close_stalled_connection", cfg.close_stalled_connection)?;
     d.set_item("streaming_read_timeout", cfg.stream_receiver.read_timeout.as_secs_f64())?;
     d.set_item("streaming_max_blob_size", cfg.stream_receiver.max_size)?;
-    d.set_item("streaming_max_out_seq_chunks", cfg.stream_receiver.max_out_of_order.unwrap_or(0))?;
+    d.set_item(
+        "streaming_max_out_seq_chunks",
+        cfg.stream_receiver.max_out_of_order.unwrap_or(0),
+    )?;
     Ok(d.unbind())
 }

@@ -39,9 +39,10 @@ pub fn from_stream_error(err: StreamError) -> PyErr {
         StreamError::TooLarge { .. } => "FrameTooLarge",
         StreamError::Protocol(_) => "ProtocolError",
         StreamError::Config(_) => "ConfigError",
-        StreamError::Aborted { .. } | StreamError::InvalidState { .. } | StreamError::AckStalled { .. } | StreamError::Stalled { .. } => {
-            "TransportError"
-        }
+        StreamError::Aborted { .. }
+        | StreamError::InvalidState { .. }
+        | StreamError::AckStalled { .. }
+        | StreamError::Stalled { .. } => "TransportError",
     };
     raise(class, err.to_string())
 }

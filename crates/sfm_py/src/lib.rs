@@ -26,5 +26,8 @@ fn _sfm(m: &Bound<'_, PyModule>) -> PyResult<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLARE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -38,7 +38,9 @@ impl Payload {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        crate::convert::payload_from_py(Some(other)).map(|b| b == self.data).unwrap_or(false)
+        crate::convert::payload_from_py(Some(other))
+            .map(|b| b == self.data)
+            .unwrap_or(false)
     }
 
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {

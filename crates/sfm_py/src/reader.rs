@@ -63,7 +63,9 @@ impl PyStreamReader {
         };
         let taken = self.reader.lock().expect("reader lock").take();
         let Some(mut reader) = taken else {
-            return Err(transport_error("this stream reader is closed, or in use by another thread".into()));
+            return Err(transport_error(
+                "this stream reader is closed, or in use by another thread".into(),
+            ));
         };
         let handle = runtime::handle()?;
         let (reader, outcome) = runtime::wait(py, &handle, async move {

@@ -14,7 +14,11 @@ struct Shared {
     worker_threads: usize,
 }
 
-static SHARED: Mutex<Shared> = Mutex::new(Shared { runtime: None, pid: 0, worker_threads: 2 });
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    runtime: None,
+    pid: 0,
+    worker_threads: 2,
+});
 
 /// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);

@@ -52,11 +52,23 @@ async fn call(client: &Cell, topic: &str, key: Option<&str>, payload: &str) -> M
     if let Some(key) = key {
         headers.insert(KEY, key);
     }
-    client.request("server", CHANNEL, topic, headers, Bytes::copy_from_slice(payload.as_bytes()), REQUEST_TIMEOUT).await
+    client
+        .request(
+            "server",
+            CHANNEL,
+            topic,
+            headers,
+            Bytes::copy_from_slice(payload.as_bytes()),
+            REQUEST_TIMEOUT,
+        )
+        .await
 }
 
 async fn run() -> Result<(), String> {
-    let config = CommConfig { connect_timeout: Duration::from_secs(5), ..CommConfig::default() };
+    let config = CommConfig {
+        connect_timeout: Duration::from_secs(5),
+        ..CommConfig::default()
+    };
 
     let server = Cell::new("server", config.clone()).map_err(|e| e.to_string())?;
     serve_kv(&server);
@@ -74,7 +86,10 @@ async fn run() -> Result<(), String> {
     let mut check = |what: String, reply: &Message, expected: Option<&str>| {
         let rc = reply.return_code();
         let body = String::from_utf8_lossy(&reply.payload).into_owned();
-        println!("{what:<28} -> {rc}: {}", reply.error().map(str::to_string).unwrap_or_else(|| format!("{body:?}")));
+        println!(
+            "{what:<28} -> {rc}: {}",
+            reply.error().map(str::to_string).unwrap_or_else(|| format!("{body:?}"))
+        );
         let ok = match expected {
             Some(want) => rc == ReturnCode::Ok && body == want,
             None => rc != ReturnCode::Ok,
@@ -97,7 +112,9 @@ async fn run() -> Result<(), String> {
     // Failures are replies with a return code, not hangs: a missing key, and a cell that does not exist.
     let r = call(&client, "get", Some("size"), "").await;
     check("get size (missing)".into(), &r, None);
-    let r = client.request("site-99", CHANNEL, "get", Headers::new(), Bytes::new(), REQUEST_TIMEOUT).await;
+    let r = client
+        .request("site-99", CHANNEL, "get", Headers::new(), Bytes::new(), REQUEST_TIMEOUT)
+        .await;
     check("get from site-99 (no cell)".into(), &r, None);
 
     client.close();
@@ -110,7 +127,11 @@ async fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("embed-rust: cannot start a tokio runtime: {e}");

@@ -22,10 +22,7 @@ fn decode_stream(data: &[u8], piece: usize) -> (Vec<String>, Option<String>) {
         src.extend_from_slice(chunk);
         loop {
             let result = codec.decode(&mut src);
-            assert!(
-                src.capacity() <= 2 * MAX_FRAME + data.len(),
-                "over-reserved"
-            );
+            assert!(src.capacity() <= 2 * MAX_FRAME + data.len(), "over-reserved");
             match result {
                 Ok(Some(frame)) => {
                     check_reencode(&frame);

@@ -8,8 +8,8 @@ use crate::conn::{ConnError, Lane};
 use crate::frame::{Frame, FrameError, Headers, Value};
 
 use super::{
-    encoding, keys, msg_type, peers, route_entry, unix_now, CellInner, Hop, IncomingRequest, Message, Responder, ReturnCode,
-    CONTROL_LANE_MAX_PAYLOAD,
+    encoding, keys, msg_type, peers, route_entry, unix_now, CellInner, Hop, IncomingRequest, Message, Responder,
+    ReturnCode, CONTROL_LANE_MAX_PAYLOAD,
 };
 
 /// How far `route_message` follows a message before returning.
@@ -27,12 +27,20 @@ pub const CELL_APP_ID: u16 = 1;
 impl CellInner {
     /// Sends `msg` one hop towards its `cn__destination`. Returns the direct peer it left through (`None` when
     /// delivered locally), or the error reply to give the requester.
-    pub(super) async fn send_message(self: &Arc<Self>, msg: Message, deadline: Instant) -> Result<Option<String>, Message> {
+    pub(super) async fn send_message(
+        self: &Arc<Self>,
+        msg: Message,
+        deadline: Instant,
+    ) -> Result<Option<String>, Message> {
         self.route_message(msg, deadline, SendMode::Written).await
     }
 
     /// Like `send_message`, but returns once the message is queued on its connection (stream chunks).
-    pub(super) async fn queue_message(self: &Arc<Self>, msg: Message, deadline: Instant) -> Result<Option<String>, Message> {
+    pub(super) async fn queue_message(
+        self: &Arc<Self>,
+        msg: Message,
+        deadline: Instant,
+    ) -> Result<Option<String>, Message> {
         self.route_message(msg, deadline, SendMode::Queued).await
     }
 
@@ -55,11 +63,18 @@ impl CellInner {
                 let Some(conn) = conn else {
                     return Err(Message::error_reply(
                         ReturnCode::TargetUnreachable,
-                        format!("{:?} lost its connection to {peer:?} on the way to {target:?}", self.fqcn),
+                        format!(
+                            "{:?} lost its connection to {peer:?} on the way to {target:?}",
+                            self.fqcn
+                        ),
                     ));
                 };
                 msg.headers.insert(keys::TO, peer.as_str());
-                let lane = if msg.payload.len() <= CONTROL_LANE_MAX_PAYLOAD { Lane::Control } else { Lane::Bulk };
+                let lane = if msg.payload.len() <= CONTROL_LANE_MAX_PAYLOAD {
+                    Lane::Control
+                } else {
+                    Lane::Bulk
+                };
                 let frame = Frame::data(CELL_APP_ID, conn.next_stream_id(), msg.headers, msg.payload);
                 let sent = match mode {
                     SendMode::Written => conn.send_frame(frame, lane, deadline).await,
@@ -80,9 +95,8 @@ impl CellInner {
                 let routes = self.routes.lock().expect("routes lock");
                 (routes.next_hop(target), routes.parent().is_none())
             };
-            let waiting_for_parent = parent_down
-                && self.parent_link.load(std::sync::atomic::Ordering::Relaxed)
-                && !*self.shutdown.borrow();
+            let waiting_for_parent =
+                parent_down && self.parent_link.load(std::sync::atomic::Ordering::Relaxed) && !*self.shutdown.borrow();
             if !matches!(hop, Hop::Unreachable(_)) || !waiting_for_parent {
                 return hop;
             }
@@ -142,7 +156,11 @@ impl CellInner {
     }
 
     pub(super) fn dispatch_request(self: &Arc<Self>, msg: Message) {
-        let reply_expected = msg.headers.get(keys::REPLY_EXPECTED).and_then(Value::as_bool).unwrap_or(false)
+        let reply_expected = msg
+            .headers
+            .get(keys::REPLY_EXPECTED)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
             && msg.headers.contains_key(keys::REQ_ID);
         let channel = msg.header_str(keys::CHANNEL).unwrap_or_default().to_string();
         let topic = msg.header_str(keys::TOPIC).unwrap_or_default().to_string();
@@ -158,13 +176,19 @@ impl CellInner {
             request_headers: reply_expected.then(|| msg.headers.clone()),
         };
         match handler {
-            Some(handler) => handler(IncomingRequest { message: msg, responder }),
+            Some(handler) => handler(IncomingRequest {
+                message: msg,
+                responder,
+            }),
             None => {
                 tracing::warn!(cell = %self.fqcn, "no handler for {channel}/{topic}");
                 // PROCESS_EXCEPTION, as NVFlare answers a request nobody registered for.
                 responder.reply(Message::error_reply(
                     ReturnCode::ProcessException,
-                    format!("cell {:?} has no handler for channel {channel:?} topic {topic:?}", self.fqcn),
+                    format!(
+                        "cell {:?} has no handler for channel {channel:?} topic {topic:?}",
+                        self.fqcn
+                    ),
                 ));
             }
         }
@@ -172,8 +196,14 @@ impl CellInner {
 
     /// Answers a request whose headers are `request_headers`.
     pub(super) async fn send_reply(self: &Arc<Self>, request_headers: &Headers, reply: Message) {
-        let kind = if reply.headers.get_str(keys::RETURN_REASON).is_some() { msg_type::RETURN } else { msg_type::REPLY };
-        let Some(mut msg) = self.make_reply(request_headers, reply, kind) else { return };
+        let kind = if reply.headers.get_str(keys::RETURN_REASON).is_some() {
+            msg_type::RETURN
+        } else {
+            msg_type::REPLY
+        };
+        let Some(mut msg) = self.make_reply(request_headers, reply, kind) else {
+            return;
+        };
         let frame_capacity = self.config.max_frame_size.saturating_sub(crate::config::FRAME_OVERHEAD);
         let stream_key = crate::stream::wire::keys::REQ_ID;
         // A streamed request is answered by a stream (NVFlare's protocol); any reply too large for one frame is
@@ -192,7 +222,8 @@ impl CellInner {
             );
             msg.headers.insert(stream_key, ri);
             if !msg.headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
-                msg.headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
+                msg.headers
+                    .insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
             }
             let channel = super::RETURN_CHANNEL;
             let source = super::files::Source::Memory(msg.payload);
@@ -216,7 +247,10 @@ impl CellInner {
         headers.insert(keys::REQ_ID, req_id);
         if kind == msg_type::RETURN {
             // NVFlare's requester finds the waiter of a returned request through the original headers.
-            let original = request_headers.iter().map(|(k, v)| (Value::from(k), v.clone())).collect();
+            let original = request_headers
+                .iter()
+                .map(|(k, v)| (Value::from(k), v.clone()))
+                .collect();
             headers.insert(keys::ORIGINAL_HEADERS, Value::Map(original));
         }
         for key in [keys::CHANNEL, keys::TOPIC] {
@@ -247,9 +281,9 @@ impl CellInner {
             Some(Value::Array(route)) => route,
             _ => Vec::new(),
         };
-        let looped = route.iter().any(|hop| {
-            hop.as_array().and_then(|h| h.first()).and_then(Value::as_str) == Some(self.fqcn.as_str())
-        });
+        let looped = route
+            .iter()
+            .any(|hop| hop.as_array().and_then(|h| h.first()).and_then(Value::as_str) == Some(self.fqcn.as_str()));
         if looped || route.len() >= self.config.max_hops {
             let why = format!(
                 "{:?} dropped a message for {:?} after {} hops (routing loop, or setting max_hops = {} too low)",
@@ -278,7 +312,10 @@ impl CellInner {
             return tracing::debug!(cell = %self.fqcn, "{why}");
         }
         let is_request = request_headers.get_str(keys::MSG_TYPE).unwrap_or(msg_type::REQUEST) == msg_type::REQUEST;
-        let wants_reply = request_headers.get(keys::REPLY_EXPECTED).and_then(Value::as_bool).unwrap_or(false);
+        let wants_reply = request_headers
+            .get(keys::REPLY_EXPECTED)
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         if !(is_request && wants_reply) {
             return tracing::warn!(cell = %self.fqcn, "dropped: {why}");
         }

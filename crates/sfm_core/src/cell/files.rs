@@ -27,7 +27,11 @@ impl Source {
     pub(super) fn open_file(path: &Path) -> Result<Source, StreamError> {
         let file = File::open(path).map_err(|e| io_error("cannot open", path, &e))?;
         let len = file.metadata().map_err(|e| io_error("cannot stat", path, &e))?.len();
-        Ok(Source::File { file, len, path: path.to_path_buf() })
+        Ok(Source::File {
+            file,
+            len,
+            path: path.to_path_buf(),
+        })
     }
 
     pub(super) fn len(&self) -> u64 {
@@ -44,7 +48,8 @@ impl Source {
             Source::File { file, path, .. } => {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, offset).map_err(|e| io_error("cannot read", path, &e))?;
+                file.read_exact_at(&mut buf, offset)
+                    .map_err(|e| io_error("cannot read", path, &e))?;
                 Ok(Bytes::from(buf))
             }
         }
@@ -54,7 +59,12 @@ impl Source {
 /// Where an incoming stream's bytes go.
 pub(super) enum Sink {
     Memory(BytesMut),
-    File { file: File, partial: PathBuf, target: PathBuf, written: u64 },
+    File {
+        file: File,
+        partial: PathBuf,
+        target: PathBuf,
+        written: u64,
+    },
 }
 
 impl Sink {
@@ -76,14 +86,22 @@ impl Sink {
         let target = dir.join(name);
         let partial = dir.join(format!("{name}.part"));
         let file = File::create(&partial).map_err(|e| io_error("cannot create", &partial, &e))?;
-        Ok(Sink::File { file, partial, target, written: 0 })
+        Ok(Sink::File {
+            file,
+            partial,
+            target,
+            written: 0,
+        })
     }
 
     pub(super) fn append(&mut self, data: &[u8]) -> Result<(), StreamError> {
         match self {
             Sink::Memory(buf) => buf.extend_from_slice(data),
-            Sink::File { file, partial, written, .. } => {
-                file.write_all(data).map_err(|e| io_error("cannot write", partial, &e))?;
+            Sink::File {
+                file, partial, written, ..
+            } => {
+                file.write_all(data)
+                    .map_err(|e| io_error("cannot write", partial, &e))?;
                 *written += data.len() as u64;
             }
         }
@@ -108,11 +126,19 @@ impl Sink {
     pub(super) fn finish(self) -> Result<Finished, StreamError> {
         match self {
             Sink::Memory(buf) => Ok(Finished::Memory(buf.freeze())),
-            Sink::File { file, partial, target, written } => {
+            Sink::File {
+                file,
+                partial,
+                target,
+                written,
+            } => {
                 file.sync_all().map_err(|e| io_error("cannot flush", &partial, &e))?;
                 drop(file);
                 std::fs::rename(&partial, &target).map_err(|e| io_error("cannot rename", &partial, &e))?;
-                Ok(Finished::File { path: target, size: written })
+                Ok(Finished::File {
+                    path: target,
+                    size: written,
+                })
             }
         }
     }
@@ -120,8 +146,9 @@ impl Sink {
 
 /// A received file name must be a plain base name: nothing that could reach outside the receiver's directory.
 pub fn safe_file_name(name: &str) -> Result<&str, StreamError> {
-    let refuse = |why: &str| {
-        StreamError::Aborted { by_peer: false, message: format!("refusing file name {name:?}: {why}") }
+    let refuse = |why: &str| StreamError::Aborted {
+        by_peer: false,
+        message: format!("refusing file name {name:?}: {why}"),
     };
     if name.is_empty() {
         return Err(refuse(&format!("a file stream needs a {FILE_NAME:?} header")));
@@ -129,12 +156,17 @@ pub fn safe_file_name(name: &str) -> Result<&str, StreamError> {
     let mut parts = Path::new(name).components();
     match (parts.next(), parts.next()) {
         (Some(Component::Normal(_)), None) if !name.contains(['/', '\\', '\0']) => Ok(name),
-        _ => Err(refuse("only a base name is allowed (no directories, '..' or absolute paths)")),
+        _ => Err(refuse(
+            "only a base name is allowed (no directories, '..' or absolute paths)",
+        )),
     }
 }
 
 fn io_error(what: &str, path: &Path, err: &std::io::Error) -> StreamError {
-    StreamError::Aborted { by_peer: false, message: format!("{what} {}: {err}", path.display()) }
+    StreamError::Aborted {
+        by_peer: false,
+        message: format!("{what} {}: {err}", path.display()),
+    }
 }
 
 #[cfg(test)]

@@ -10,14 +10,19 @@ pub fn validate(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a cell name must not be empty".into());
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '~' | '-'))) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '~' | '-')))
+    {
         return Err(format!(
             "{name:?} contains {bad:?}; only letters, digits, '_', '-', '~' and '.' (between parts) are allowed"
         ));
     }
     let parts: Vec<&str> = name.split(SEPARATOR).collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("{name:?} has an empty part; parts are joined by single dots, with none at either end"));
+        return Err(format!(
+            "{name:?} has an empty part; parts are joined by single dots, with none at either end"
+        ));
     }
     for (i, p) in parts.iter().enumerate() {
         if parts[..i].contains(p) {
@@ -39,9 +44,7 @@ pub fn root(name: &str) -> &str {
 
 /// True when `ancestor` is a strict prefix of `name` in whole parts.
 pub fn is_ancestor(ancestor: &str, name: &str) -> bool {
-    name.len() > ancestor.len()
-        && name.starts_with(ancestor)
-        && name.as_bytes()[ancestor.len()] == SEPARATOR as u8
+    name.len() > ancestor.len() && name.starts_with(ancestor) && name.as_bytes()[ancestor.len()] == SEPARATOR as u8
 }
 
 /// `name` itself, then each ancestor, longest first: `a.b.c`, `a.b`, `a`.
@@ -55,7 +58,15 @@ mod tests {
 
     #[test]
     fn accepts_nvflare_style_names() {
-        for ok in ["server", "site-1", "site-1.job-7", "relay-1.site-3", "server.abc_123", "site-1.j.R0", "a~b"] {
+        for ok in [
+            "server",
+            "site-1",
+            "site-1.job-7",
+            "relay-1.site-3",
+            "server.abc_123",
+            "site-1.j.R0",
+            "a~b",
+        ] {
             validate(ok).unwrap();
         }
     }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::frame::{Headers, Value};
 use crate::stream::wire::{self, keys as sm};
-use crate::stream::{ChunkHeader, ErrorHeader, StreamError, StreamReceiver};
+use crate::stream::{ChunkHeader, ErrorHeader, StreamError, StreamHeaders, StreamReceiver};
 
 use super::files::{FileHandler, Finished, Sink};
 use super::reader::{ReaderHandler, ReaderItem, StreamReader};
@@ -83,16 +83,21 @@ impl CellInner {
         }
         let incoming = receivers.get_mut(&key).expect("present");
         let now = now_std();
-        let result = incoming.machine.handle_chunk(&header, msg.payload, now).map(|deliveries| {
-            for d in deliveries {
-                let _ = incoming.tx.send(ReaderItem::Data(d.data));
-            }
-        });
+        let result = incoming
+            .machine
+            .handle_chunk(&header, msg.payload, now)
+            .map(|deliveries| {
+                for d in deliveries {
+                    let _ = incoming.tx.send(ReaderItem::Data(d.data));
+                }
+            });
         if result.is_ok() && incoming.machine.all_received() && !incoming.end_sent {
             incoming.end_sent = true;
             let _ = incoming.tx.send(ReaderItem::End);
         }
-        let _ = incoming.machine.on_consumed(incoming.consumed.load(Ordering::Acquire), now);
+        let _ = incoming
+            .machine
+            .on_consumed(incoming.consumed.load(Ordering::Acquire), now);
         if let Some(ack) = incoming.machine.poll_ack() {
             self.send_stream_control(origin, wire::TOPIC_ACK, ack.to_headers());
         }
@@ -112,7 +117,8 @@ impl CellInner {
         match opened {
             Some(Opened::App(handler, reader)) => handler(reader),
             Some(Opened::Cell(reader, sink, purpose)) => {
-                self.handle.spawn(read_into(Arc::downgrade(self), reader, sink, purpose));
+                self.handle
+                    .spawn(read_into(Arc::downgrade(self), reader, sink, purpose));
             }
             None => {}
         }
@@ -156,14 +162,24 @@ impl CellInner {
             Target::App(handler) => Opened::App(handler, reader),
             Target::Cell(sink, purpose) => Opened::Cell(reader, sink, purpose),
         };
-        Ok((Incoming { machine, tx, consumed, end_sent: false }, opened))
+        Ok((
+            Incoming {
+                machine,
+                tx,
+                consumed,
+                end_sent: false,
+            },
+            opened,
+        ))
     }
 
     /// A reader took more of its stream: acknowledge what is due, and retire the stream once it is all taken.
     pub(super) fn stream_consumed(self: &Arc<Self>, key: &(String, u64)) {
         let mut receivers = self.streams.receivers.lock().expect("receivers lock");
         let Some(incoming) = receivers.get_mut(key) else { return };
-        let _ = incoming.machine.on_consumed(incoming.consumed.load(Ordering::Acquire), now_std());
+        let _ = incoming
+            .machine
+            .on_consumed(incoming.consumed.load(Ordering::Acquire), now_std());
         if let Some(ack) = incoming.machine.poll_ack() {
             self.send_stream_control(&key.0, wire::TOPIC_ACK, ack.to_headers());
         }
@@ -179,7 +195,10 @@ impl CellInner {
         incoming.machine.abort(why.to_string());
         self.streams.bury(key.clone());
         self.notify_stream_error(&key.0, incoming.machine.poll_error(), wire::TOPIC_ERROR);
-        incoming.fail(StreamError::Aborted { by_peer: false, message: why.to_string() });
+        incoming.fail(StreamError::Aborted {
+            by_peer: false,
+            message: why.to_string(),
+        });
     }
 
     /// Fails incoming streams from a peer that went away, instead of leaving them to their read timeout.
@@ -193,7 +212,10 @@ impl CellInner {
             .map(|(_, incoming)| incoming)
             .collect();
         for incoming in dropped {
-            incoming.fail(StreamError::Aborted { by_peer: true, message: format!("lost the connection to {origin:?}") });
+            incoming.fail(StreamError::Aborted {
+                by_peer: true,
+                message: format!("lost the connection to {origin:?}"),
+            });
         }
     }
 
@@ -267,8 +289,11 @@ fn app_headers(chunk: &Headers, header: &ChunkHeader) -> Headers {
         sm::WINDOW_SIZE,
         sm::ACK_INTERVAL,
     ];
-    let mut headers: Headers =
-        chunk.iter().filter(|(k, _)| !PER_CHUNK.contains(k)).map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut headers: Headers = chunk
+        .iter()
+        .filter(|(k, _)| !PER_CHUNK.contains(k))
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     headers.insert(keys::CHANNEL, header.channel.as_str());
     headers.insert(keys::TOPIC, header.topic.as_str());
     headers.insert(keys::PAYLOAD_LEN, Value::from(header.total_size));

@@ -128,12 +128,18 @@ impl Message {
         let mut headers = Headers::new();
         headers.insert(keys::RETURN_CODE, rc.as_str());
         headers.insert(keys::ERROR, error.into());
-        Message { headers, payload: Bytes::new() }
+        Message {
+            headers,
+            payload: Bytes::new(),
+        }
     }
 
     /// The reply's return code; a reply without one is OK, as in NVFlare.
     pub fn return_code(&self) -> ReturnCode {
-        self.headers.get_str(keys::RETURN_CODE).map(ReturnCode::parse).unwrap_or(ReturnCode::Ok)
+        self.headers
+            .get_str(keys::RETURN_CODE)
+            .map(ReturnCode::parse)
+            .unwrap_or(ReturnCode::Ok)
     }
 
     pub fn error(&self) -> Option<&str> {
@@ -161,7 +167,14 @@ mod tests {
 
     #[test]
     fn return_codes_round_trip_and_keep_unknown_ones() {
-        for rc in ["ok", "timeout", "target_unreachable", "process_exception", "comm_error", "invalid_request"] {
+        for rc in [
+            "ok",
+            "timeout",
+            "target_unreachable",
+            "process_exception",
+            "comm_error",
+            "invalid_request",
+        ] {
             assert_eq!(ReturnCode::parse(rc).as_str(), rc);
         }
         assert_eq!(ReturnCode::parse("brand_new"), ReturnCode::Other("brand_new".into()));
@@ -172,7 +185,8 @@ mod tests {
         let mut m = Message::default();
         m.headers.insert(keys::REQ_ID, "a");
         assert_eq!(m.req_ids(), ["a"]);
-        m.headers.insert(keys::REQ_ID, Value::Array(vec!["b".into(), "c".into()]));
+        m.headers
+            .insert(keys::REQ_ID, Value::Array(vec!["b".into(), "c".into()]));
         assert_eq!(m.req_ids(), ["b", "c"]);
         assert_eq!(Message::default().return_code(), ReturnCode::Ok);
     }

@@ -7,18 +7,18 @@
 
 mod dispatch;
 mod files;
-mod incoming;
-mod reader;
 pub mod fqcn;
+mod incoming;
 mod message;
 mod peers;
+mod reader;
 mod router;
 mod streaming;
 
-pub use message::{encoding, keys, msg_type, Message, ReturnCode};
-pub use router::{Hop, RoutingTable};
 pub use files::{safe_file_name, FileHandler, FILE_NAME};
+pub use message::{encoding, keys, msg_type, Message, ReturnCode};
 pub use reader::{ReaderHandler, StreamReader};
+pub use router::{Hop, RoutingTable};
 pub use streaming::{BlobHandler, RETURN_CHANNEL};
 
 use std::collections::HashMap;
@@ -177,7 +177,10 @@ impl Cell {
             fqcn: fqcn.to_string(),
             config,
             handle,
-            local: LocalEndpoint { name: fqcn.to_string(), properties },
+            local: LocalEndpoint {
+                name: fqcn.to_string(),
+                properties,
+            },
             routes: Mutex::new(RoutingTable::new(fqcn)),
             conns: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
@@ -192,7 +195,11 @@ impl Cell {
         let cell = Cell { inner: Arc::new(inner) };
         cell.inner.handle.spawn(streaming::janitor(Arc::downgrade(&cell.inner)));
         // NVFlare cells say goodbye with a request on this channel when they stop; it needs no more than an OK.
-        cell.register_request_handler(BYE_CHANNEL, BYE_TOPIC, Arc::new(|request: IncomingRequest| drop(request)));
+        cell.register_request_handler(
+            BYE_CHANNEL,
+            BYE_TOPIC,
+            Arc::new(|request: IncomingRequest| drop(request)),
+        );
         Ok(cell)
     }
 
@@ -213,7 +220,9 @@ impl Cell {
         self.inner.ensure_open()?;
         let (listener, bound) = crate::driver::listen(url).await?;
         self.inner.listen_urls.lock().expect("urls lock").push(bound.clone());
-        self.inner.handle.spawn(peers::accept_loop(self.inner.clone(), listener));
+        self.inner
+            .handle
+            .spawn(peers::accept_loop(self.inner.clone(), listener));
         Ok(bound)
     }
 
@@ -222,7 +231,9 @@ impl Cell {
         self.inner.ensure_open()?;
         Url::parse(url)?;
         self.inner.parent_link.store(true, Ordering::Relaxed);
-        self.inner.handle.spawn(peers::connect_loop(self.inner.clone(), url.to_string()));
+        self.inner
+            .handle
+            .spawn(peers::connect_loop(self.inner.clone(), url.to_string()));
         Ok(())
     }
 
@@ -232,7 +243,11 @@ impl Cell {
 
     /// Registers the handler for requests on (`channel`, `topic`); topic `*` matches any topic of the channel.
     pub fn register_request_handler(&self, channel: &str, topic: &str, handler: RequestHandler) {
-        self.inner.handlers.write().expect("handlers lock").insert((channel.into(), topic.into()), handler);
+        self.inner
+            .handlers
+            .write()
+            .expect("handlers lock")
+            .insert((channel.into(), topic.into()), handler);
     }
 
     /// Registers the handler of whole blobs sent to (`channel`, `topic`) with `send_blob`; topic `*` matches any.
@@ -251,7 +266,9 @@ impl Cell {
         headers: Headers,
         payload: Bytes,
     ) -> Result<(), crate::stream::StreamError> {
-        self.inner.send_stream(target, channel, topic, headers, files::Source::Memory(payload)).await
+        self.inner
+            .send_stream(target, channel, topic, headers, files::Source::Memory(payload))
+            .await
     }
 
     /// Streams the file at `path` to `target`'s file handler for (`channel`, `topic`), read chunk by chunk: memory
@@ -265,7 +282,11 @@ impl Cell {
         mut headers: Headers,
         path: &std::path::Path,
     ) -> Result<u64, crate::stream::StreamError> {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         if !headers.contains_key(FILE_NAME) {
             headers.insert(FILE_NAME, name);
         }
@@ -294,7 +315,11 @@ impl Cell {
     }
 
     pub fn on_peer_event(&self, callback: PeerCallback) {
-        self.inner.peer_callbacks.write().expect("callbacks lock").push(callback);
+        self.inner
+            .peer_callbacks
+            .write()
+            .expect("callbacks lock")
+            .push(callback);
     }
 
     /// Cells with a live connection to this one.
@@ -343,7 +368,9 @@ impl Cell {
         payload: Bytes,
         timeout: Duration,
     ) -> Message {
-        self.inner.request(target, channel, topic, headers, payload, timeout).await
+        self.inner
+            .request(target, channel, topic, headers, payload, timeout)
+            .await
     }
 
     /// Sends the same request to many targets at once; one reply per target.
@@ -360,15 +387,23 @@ impl Cell {
             .iter()
             .map(|t| {
                 let inner = self.inner.clone();
-                let (t, c, tp, h, p) = (t.clone(), channel.to_string(), topic.to_string(), headers.clone(), payload.clone());
-                self.inner.handle.spawn(async move { inner.request(&t, &c, &tp, h, p, timeout).await })
+                let (t, c, tp, h, p) = (
+                    t.clone(),
+                    channel.to_string(),
+                    topic.to_string(),
+                    headers.clone(),
+                    payload.clone(),
+                );
+                self.inner
+                    .handle
+                    .spawn(async move { inner.request(&t, &c, &tp, h, p, timeout).await })
             })
             .collect();
         let mut replies = Vec::with_capacity(targets.len());
         for (target, task) in targets.iter().zip(tasks) {
-            let reply = task
-                .await
-                .unwrap_or_else(|e| Message::error_reply(ReturnCode::ProcessException, format!("request task failed: {e}")));
+            let reply = task.await.unwrap_or_else(|e| {
+                Message::error_reply(ReturnCode::ProcessException, format!("request task failed: {e}"))
+            });
             replies.push((target.clone(), reply));
         }
         replies
@@ -386,7 +421,9 @@ impl Cell {
     ) -> Vec<(String, String)> {
         let mut results = Vec::with_capacity(targets.len());
         for target in targets {
-            let msg = self.inner.new_message(target, channel, topic, headers.clone(), payload.clone(), None);
+            let msg = self
+                .inner
+                .new_message(target, channel, topic, headers.clone(), payload.clone(), None);
             let deadline = Instant::now() + self.inner.config.send_timeout;
             let err = match self.inner.send_message(msg, deadline).await {
                 Ok(_) => String::new(),
@@ -429,9 +466,18 @@ impl CellInner {
         for conn in conns {
             conn.close(&format!("cell {:?} closed", self.fqcn));
         }
-        let waiters: Vec<Waiter> = self.waiters.lock().expect("waiters lock").drain().map(|(_, w)| w).collect();
+        let waiters: Vec<Waiter> = self
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
         for w in waiters {
-            let _ = w.tx.send(Message::error_reply(ReturnCode::CommError, format!("cell {:?} closed", self.fqcn)));
+            let _ = w.tx.send(Message::error_reply(
+                ReturnCode::CommError,
+                format!("cell {:?} closed", self.fqcn),
+            ));
         }
     }
 
@@ -478,9 +524,19 @@ impl CellInner {
         let mut deadline = Instant::now() + timeout;
         let req_id = new_request_id();
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().expect("waiters lock").insert(req_id.clone(), Waiter { tx, via: None, target: target.to_string() });
+        self.waiters.lock().expect("waiters lock").insert(
+            req_id.clone(),
+            Waiter {
+                tx,
+                via: None,
+                target: target.to_string(),
+            },
+        );
         // Removes the waiter however this future ends, dropped by a caller included.
-        let _guard = WaiterGuard { cell: self, req_id: &req_id };
+        let _guard = WaiterGuard {
+            cell: self,
+            req_id: &req_id,
+        };
         if self.should_stream(target, channel, payload.len()) {
             // NVFlare's streamed request: the payload goes as a stream carrying `sm__ri`; the reply comes back as a
             // stream on `return_only` with the same `sm__ri`, which is also our waiter's key.
@@ -489,7 +545,10 @@ impl CellInner {
             if !headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
                 headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
             }
-            if let Err(err) = self.send_stream(target, channel, topic, headers, files::Source::Memory(payload)).await {
+            if let Err(err) = self
+                .send_stream(target, channel, topic, headers, files::Source::Memory(payload))
+                .await
+            {
                 return Message::error_reply(
                     stream_return_code(&err),
                     format!("streaming the request to {target:?} failed: {err}"),
@@ -547,7 +606,10 @@ fn route_entry(fqcn: &str) -> Value {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// A random UUID-4 string, the form NVFlare uses for request ids.
@@ -556,5 +618,12 @@ fn new_request_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

@@ -127,7 +127,11 @@ impl CellInner {
         if *self.shutdown.borrow() {
             return conn.close("cell closed");
         }
-        let replaced = self.conns.lock().expect("conns lock").insert(name.clone(), conn.clone());
+        let replaced = self
+            .conns
+            .lock()
+            .expect("conns lock")
+            .insert(name.clone(), conn.clone());
         if let Some(old) = replaced.filter(|old| old.id() != conn.id()) {
             old.close("replaced by a newer connection from the same cell");
         }
@@ -161,13 +165,23 @@ impl CellInner {
         let mut gone = vec![name.clone()];
         gone.extend(lost_routes);
         self.advertise(&[], &gone);
-        self.notify(gone.into_iter().map(|n| PeerEvent::Down { name: n, reason: reason.to_string() }).collect());
+        self.notify(
+            gone.into_iter()
+                .map(|n| PeerEvent::Down {
+                    name: n,
+                    reason: reason.to_string(),
+                })
+                .collect(),
+        );
     }
 
     fn fail_waiters_via(&self, peer: &str, reason: &str) {
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        let ids: Vec<String> =
-            waiters.iter().filter(|(_, w)| w.via.as_deref() == Some(peer)).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = waiters
+            .iter()
+            .filter(|(_, w)| w.via.as_deref() == Some(peer))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             if let Some(w) = waiters.remove(&id) {
                 let _ = w.tx.send(Message::error_reply(
@@ -187,9 +201,15 @@ impl CellInner {
         let mut waiters = self.waiters.lock().expect("waiters lock");
         let lost = |w: &super::Waiter| {
             w.via.as_deref() == Some(via)
-                && removed.iter().any(|r| *r == w.target || super::fqcn::is_ancestor(r, &w.target))
+                && removed
+                    .iter()
+                    .any(|r| *r == w.target || super::fqcn::is_ancestor(r, &w.target))
         };
-        let ids: Vec<String> = waiters.iter().filter(|(_, w)| lost(w)).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = waiters
+            .iter()
+            .filter(|(_, w)| lost(w))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             if let Some(w) = waiters.remove(&id) {
                 let _ = w.tx.send(Message::error_reply(
@@ -226,10 +246,20 @@ impl CellInner {
             return;
         }
         let names = |list: &[String]| Value::Array(list.iter().map(|n| Value::from(n.as_str())).collect());
-        let body = Value::Map(vec![(Value::from("add"), names(added)), (Value::from("remove"), names(removed))]);
+        let body = Value::Map(vec![
+            (Value::from("add"), names(added)),
+            (Value::from("remove"), names(removed)),
+        ]);
         let mut payload = BytesMut::new();
         encode_value(&body, &mut payload);
-        let msg = self.new_message(&parent, ROUTES_CHANNEL, "update", Headers::new(), payload.freeze(), None);
+        let msg = self.new_message(
+            &parent,
+            ROUTES_CHANNEL,
+            "update",
+            Headers::new(),
+            payload.freeze(),
+            None,
+        );
         let inner = self.clone();
         self.handle.spawn(async move {
             let deadline = Instant::now() + inner.config.send_timeout;
@@ -268,7 +298,10 @@ impl CellInner {
         let reason = format!("{from:?} lost its route");
         self.fail_waiters_routed(from, &removed, &reason);
         let mut events: Vec<PeerEvent> = added.into_iter().map(PeerEvent::Up).collect();
-        events.extend(removed.into_iter().map(|name| PeerEvent::Down { name, reason: reason.clone() }));
+        events.extend(removed.into_iter().map(|name| PeerEvent::Down {
+            name,
+            reason: reason.clone(),
+        }));
         if !events.is_empty() {
             self.notify(events);
         }

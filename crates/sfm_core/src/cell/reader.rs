@@ -44,7 +44,15 @@ impl StreamReader {
         cell: Weak<CellInner>,
         key: (String, u64),
     ) -> Self {
-        StreamReader { headers, size, rx, consumed, cell, key, ended: false }
+        StreamReader {
+            headers,
+            size,
+            rx,
+            consumed,
+            cell,
+            key,
+            ended: false,
+        }
     }
 
     /// The stream's application headers (as a blob handler would see them).
@@ -71,11 +79,13 @@ impl StreamReader {
         if self.ended {
             return Ok(None);
         }
-        let item = tokio::time::timeout(idle_timeout, self.rx.recv()).await.map_err(|_| StreamError::ReadTimeout {
-            stream_id: self.key.1,
-            timeout: idle_timeout,
-            received: self.consumed.load(Ordering::Acquire),
-        })?;
+        let item = tokio::time::timeout(idle_timeout, self.rx.recv())
+            .await
+            .map_err(|_| StreamError::ReadTimeout {
+                stream_id: self.key.1,
+                timeout: idle_timeout,
+                received: self.consumed.load(Ordering::Acquire),
+            })?;
         match item {
             Some(ReaderItem::Data(data)) => {
                 self.consumed.fetch_add(data.len() as u64, Ordering::AcqRel);
@@ -94,7 +104,10 @@ impl StreamReader {
             }
             None => {
                 self.ended = true;
-                Err(StreamError::Aborted { by_peer: false, message: "the receiving cell closed".into() })
+                Err(StreamError::Aborted {
+                    by_peer: false,
+                    message: "the receiving cell closed".into(),
+                })
             }
         }
     }

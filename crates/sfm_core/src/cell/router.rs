@@ -30,7 +30,10 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     pub fn new(me: &str) -> Self {
-        RoutingTable { me: me.to_string(), ..Default::default() }
+        RoutingTable {
+            me: me.to_string(),
+            ..Default::default()
+        }
     }
 
     pub fn next_hop(&self, target: &str) -> Hop {
@@ -45,7 +48,10 @@ impl RoutingTable {
                 return Hop::Peer(via.clone());
             }
             if candidate == self.me {
-                return Hop::Unreachable(format!("{target:?} would be a child of {:?} but is not connected", self.me));
+                return Hop::Unreachable(format!(
+                    "{target:?} would be a child of {:?} but is not connected",
+                    self.me
+                ));
             }
         }
         match &self.parent {
@@ -75,7 +81,12 @@ impl RoutingTable {
         if self.parent.as_deref() == Some(name) {
             self.parent = None;
         }
-        let lost: Vec<String> = self.learned.iter().filter(|(_, via)| *via == name).map(|(k, _)| k.clone()).collect();
+        let lost: Vec<String> = self
+            .learned
+            .iter()
+            .filter(|(_, via)| *via == name)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in &lost {
             self.learned.remove(k);
         }

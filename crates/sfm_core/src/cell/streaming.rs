@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use crate::frame::Headers;
 use crate::stream::wire;
-use crate::stream::{AckHeader, AckMessage, DataMessage, ErrorHeader, StreamError, StreamIdGen, StreamSender};
+use crate::stream::{
+    AckHeader, AckMessage, DataMessage, ErrorHeader, StreamError, StreamHeaders, StreamIdGen, StreamSender,
+};
 
 use super::files::{FileHandler, Source};
 use super::incoming::Incoming;
@@ -51,7 +53,10 @@ pub(super) struct Streams {
 impl Streams {
     pub(super) fn new() -> Self {
         // NVFlare's scheme: a per-process base from the clock plus a random offset, then a counter.
-        let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
         let base = micros.wrapping_add(rand::random::<u64>() % 1_000_000) & (u64::MAX >> 2);
         Streams {
             ids: StreamIdGen::new(base),
@@ -65,23 +70,46 @@ impl Streams {
     }
 
     pub(super) fn register_blob_handler(&self, channel: &str, topic: &str, handler: BlobHandler) {
-        self.blob_handlers.lock().expect("blob handlers lock").insert((channel.into(), topic.into()), handler);
+        self.blob_handlers
+            .lock()
+            .expect("blob handlers lock")
+            .insert((channel.into(), topic.into()), handler);
     }
 
-    pub(super) fn register_file_handler(&self, channel: &str, topic: &str, dir: std::path::PathBuf, handler: FileHandler) {
-        self.file_handlers.lock().expect("file handlers lock").insert((channel.into(), topic.into()), (dir, handler));
+    pub(super) fn register_file_handler(
+        &self,
+        channel: &str,
+        topic: &str,
+        dir: std::path::PathBuf,
+        handler: FileHandler,
+    ) {
+        self.file_handlers
+            .lock()
+            .expect("file handlers lock")
+            .insert((channel.into(), topic.into()), (dir, handler));
     }
 
     pub(super) fn file_handler(&self, channel: &str, topic: &str) -> Option<(std::path::PathBuf, FileHandler)> {
-        self.file_handlers.lock().expect("file handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
+        self.file_handlers
+            .lock()
+            .expect("file handlers lock")
+            .get(&(channel.to_string(), topic.to_string()))
+            .cloned()
     }
 
     pub(super) fn register_reader_handler(&self, channel: &str, topic: &str, handler: ReaderHandler) {
-        self.reader_handlers.lock().expect("reader handlers lock").insert((channel.into(), topic.into()), handler);
+        self.reader_handlers
+            .lock()
+            .expect("reader handlers lock")
+            .insert((channel.into(), topic.into()), handler);
     }
 
     pub(super) fn reader_handler(&self, channel: &str, topic: &str) -> Option<ReaderHandler> {
-        self.reader_handlers.lock().expect("reader handlers lock").get(&(channel.to_string(), topic.to_string())).cloned()
+        self.reader_handlers
+            .lock()
+            .expect("reader handlers lock")
+            .get(&(channel.to_string(), topic.to_string()))
+            .cloned()
     }
 
     pub(super) fn bury(&self, key: (String, u64)) {
@@ -94,7 +122,10 @@ impl Streams {
 
     pub(super) fn blob_handler(&self, channel: &str, topic: &str) -> Option<BlobHandler> {
         let handlers = self.blob_handlers.lock().expect("blob handlers lock");
-        handlers.get(&(channel.to_string(), topic.to_string())).or_else(|| handlers.get(&(channel.to_string(), "*".to_string()))).cloned()
+        handlers
+            .get(&(channel.to_string(), topic.to_string()))
+            .or_else(|| handlers.get(&(channel.to_string(), "*".to_string())))
+            .cloned()
     }
 }
 
@@ -115,8 +146,12 @@ impl Drop for SenderGuard<'_> {
     fn drop(&mut self) {
         self.cell.streams.senders.lock().expect("senders lock").remove(&self.id);
         if !self.ended {
-            let err = StreamError::Aborted { by_peer: false, message: "the sender stopped before the end".into() };
-            self.cell.notify_stream_error(self.target, Some(ErrorHeader::new(self.id, &err)), wire::TOPIC_DATA);
+            let err = StreamError::Aborted {
+                by_peer: false,
+                message: "the sender stopped before the end".into(),
+            };
+            self.cell
+                .notify_stream_error(self.target, Some(ErrorHeader::new(self.id, &err)), wire::TOPIC_DATA);
         }
     }
 }
@@ -138,9 +173,20 @@ impl CellInner {
         let id = streams.ids.next_id();
         let (tx, mut events) = mpsc::unbounded_channel();
         streams.senders.lock().expect("senders lock").insert(id, tx);
-        let mut guard = SenderGuard { cell: self, target, id, ended: false };
-        let mut sender =
-            StreamSender::new(id, channel, topic, source.len(), self.config.stream_sender.clone(), now_std())?;
+        let mut guard = SenderGuard {
+            cell: self,
+            target,
+            id,
+            ended: false,
+        };
+        let mut sender = StreamSender::new(
+            id,
+            channel,
+            topic,
+            source.len(),
+            self.config.stream_sender.clone(),
+            now_std(),
+        )?;
         loop {
             while let Some(plan) = sender.next_chunk() {
                 let header = sender.commit_chunk(plan, now_std())?;
@@ -153,7 +199,10 @@ impl CellInner {
                     sender.abort(why.clone());
                     guard.ended = true;
                     self.notify_stream_error(target, sender.poll_error(), wire::TOPIC_DATA);
-                    return Err(StreamError::Aborted { by_peer: false, message: why });
+                    return Err(StreamError::Aborted {
+                        by_peer: false,
+                        message: why,
+                    });
                 }
             }
             // Done once the FINAL chunk is handed to the network, as in NVFlare, whose receivers never ACK the end
@@ -189,15 +238,25 @@ impl CellInner {
     fn close_connection_towards(&self, target: &str, reason: &str) {
         if let super::Hop::Peer(peer) = self.routes.lock().expect("routes lock").next_hop(target) {
             if let Some(conn) = self.conns.lock().expect("conns lock").get(&peer) {
-                conn.close(&format!("stalled stream: {reason} (setting sfm_close_stalled_connection)"));
+                conn.close(&format!(
+                    "stalled stream: {reason} (setting sfm_close_stalled_connection)"
+                ));
             }
         }
     }
 
-    pub(super) fn notify_stream_error(self: &Arc<Self>, target: &str, notice: Option<ErrorHeader>, topic: &'static str) {
+    pub(super) fn notify_stream_error(
+        self: &Arc<Self>,
+        target: &str,
+        notice: Option<ErrorHeader>,
+        topic: &'static str,
+    ) {
         let Some(notice) = notice else { return };
-        let topics: &[&'static str] =
-            if topic == wire::TOPIC_ERROR { &[wire::TOPIC_ERROR, wire::TOPIC_ACK] } else { &[wire::TOPIC_DATA] };
+        let topics: &[&'static str] = if topic == wire::TOPIC_ERROR {
+            &[wire::TOPIC_ERROR, wire::TOPIC_ACK]
+        } else {
+            &[wire::TOPIC_DATA]
+        };
         for topic in topics {
             self.send_stream_control(target, topic, notice.to_headers());
         }
@@ -227,7 +286,10 @@ impl CellInner {
                     self.streams.bury(key);
                     if let Some(incoming) = removed {
                         tracing::warn!(cell = %self.fqcn, "incoming stream aborted by its sender: {}", notice.message);
-                        incoming.fail(StreamError::Aborted { by_peer: true, message: notice.message });
+                        incoming.fail(StreamError::Aborted {
+                            by_peer: true,
+                            message: notice.message,
+                        });
                     }
                 }
                 Err(e) => tracing::warn!(cell = %self.fqcn, "bad stream chunk from {origin:?}: {e}"),
@@ -256,7 +318,10 @@ impl CellInner {
         if let (Ok(DataMessage::Chunk(chunk)), Some(origin)) =
             (DataMessage::from_headers(headers), headers.get_str(keys::ORIGIN))
         {
-            let err = StreamError::Aborted { by_peer: true, message: why.to_string() };
+            let err = StreamError::Aborted {
+                by_peer: true,
+                message: why.to_string(),
+            };
             let mut notice = ErrorHeader::new(chunk.stream_id, &err);
             notice.message = why.to_string();
             notice.channel = Some(chunk.channel);
@@ -271,7 +336,6 @@ impl CellInner {
         let outgoing = self.streams.senders.lock().expect("senders lock").len();
         (outgoing, self.streams.receivers.lock().expect("receivers lock").len())
     }
-
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -300,7 +364,11 @@ pub(super) async fn janitor(cell: Weak<CellInner>) {
                 due && incoming.machine.handle_timeout(now).is_err()
             })
             .collect();
-        cell.streams.tombstones.lock().expect("tombstones lock").retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
+        cell.streams
+            .tombstones
+            .lock()
+            .expect("tombstones lock")
+            .retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
         for (key, mut incoming) in failed {
             let why = incoming.machine.error().cloned().unwrap_or(StreamError::Aborted {
                 by_peer: false,

@@ -35,12 +35,20 @@ pub struct LocalEndpoint {
 }
 
 pub(super) fn handshake_frame(kind: FrameType, local: &LocalEndpoint) -> Frame {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let mut entries = vec![
         (Value::from(ENDPOINT_NAME), Value::from(local.name.as_str())),
         (Value::from(TIMESTAMP), Value::F64(now)),
     ];
-    entries.extend(local.properties.iter().map(|(k, v)| (Value::Str(k.to_string()), v.clone())));
+    entries.extend(
+        local
+            .properties
+            .iter()
+            .map(|(k, v)| (Value::Str(k.to_string()), v.clone())),
+    );
     let mut buf = BytesMut::new();
     encode_value(&Value::Map(entries), &mut buf);
     Frame::control(kind, HANDSHAKE_STREAM_ID, buf.freeze())
@@ -50,7 +58,11 @@ pub(super) fn handshake_frame(kind: FrameType, local: &LocalEndpoint) -> Frame {
 pub(super) fn parse_peer(frame: &Frame, local_name: &str) -> Result<(String, Headers), ConnError> {
     let bad = |reason: String| ConnError::Handshake(reason);
     if frame.payload.len() > MAX_HANDSHAKE_PAYLOAD {
-        return Err(bad(format!("{:?} payload of {} bytes is too large", frame.frame_type, frame.payload.len())));
+        return Err(bad(format!(
+            "{:?} payload of {} bytes is too large",
+            frame.frame_type,
+            frame.payload.len()
+        )));
     }
     let value = decode_value(&frame.payload).map_err(|e| bad(format!("bad {:?} payload: {e}", frame.frame_type)))?;
     let Value::Map(entries) = value else {

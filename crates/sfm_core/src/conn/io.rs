@@ -73,7 +73,12 @@ pub(super) struct FrameReader {
 
 impl FrameReader {
     pub(super) fn new(rd: OwnedReadHalf, max_frame_size: usize, huge_pages: bool) -> Self {
-        FrameReader { rd, buf: BytesMut::new(), codec: FrameCodec::new(max_frame_size), huge_pages }
+        FrameReader {
+            rd,
+            buf: BytesMut::new(),
+            codec: FrameCodec::new(max_frame_size),
+            huge_pages,
+        }
     }
 
     /// The next frame, or `None` at a clean end of stream.
@@ -96,14 +101,20 @@ impl FrameReader {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(ConnError::Io(format!("connection ended inside a frame ({} bytes pending)", self.buf.len())))
+                    Err(ConnError::Io(format!(
+                        "connection ended inside a frame ({} bytes pending)",
+                        self.buf.len()
+                    )))
                 };
             }
         }
     }
 
     async fn fill(&mut self) -> Result<usize, ConnError> {
-        self.rd.read_buf(&mut self.buf).await.map_err(|e| ConnError::Io(e.to_string()))
+        self.rd
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| ConnError::Io(e.to_string()))
     }
 
     /// A frame larger than the read-ahead gets a buffer of exactly its own size, which becomes the payload the
@@ -119,7 +130,11 @@ impl FrameReader {
         body.extend_from_slice(&self.buf.split_to(already));
         while body.len() < body_len {
             let want = body_len - body.len();
-            let n = self.rd.read_buf(&mut (&mut body).limit(want)).await.map_err(|e| ConnError::Io(e.to_string()))?;
+            let n = self
+                .rd
+                .read_buf(&mut (&mut body).limit(want))
+                .await
+                .map_err(|e| ConnError::Io(e.to_string()))?;
             if n == 0 {
                 return Err(ConnError::Io(format!(
                     "connection ended inside a frame ({} of {body_len} bytes received)",
@@ -134,8 +149,13 @@ impl FrameReader {
     pub(super) async fn next_of(&mut self, kind: FrameType) -> Result<Frame, ConnError> {
         match self.next().await? {
             Some(frame) if frame.frame_type == kind => Ok(frame),
-            Some(frame) => Err(ConnError::Handshake(format!("expected {kind:?}, got {:?}", frame.frame_type))),
-            None => Err(ConnError::Handshake(format!("connection closed while waiting for {kind:?}"))),
+            Some(frame) => Err(ConnError::Handshake(format!(
+                "expected {kind:?}, got {:?}",
+                frame.frame_type
+            ))),
+            None => Err(ConnError::Handshake(format!(
+                "connection closed while waiting for {kind:?}"
+            ))),
         }
     }
 }
@@ -152,7 +172,13 @@ pub(super) struct FrameWriter {
 
 impl FrameWriter {
     pub(super) fn new(wr: OwnedWriteHalf, max_frame_size: usize, stall_timeout: Duration) -> Self {
-        FrameWriter { wr, max_frame_size, stall_timeout, sequence: 0, peer: String::new() }
+        FrameWriter {
+            wr,
+            max_frame_size,
+            stall_timeout,
+            sequence: 0,
+            peer: String::new(),
+        }
     }
 
     /// Writes one frame, numbering it with the connection's sequence counter (first frame = 1, as NVFlare).
@@ -175,7 +201,10 @@ impl FrameWriter {
         while !buf.is_empty() {
             let n = tokio::time::timeout(self.stall_timeout, self.wr.write(buf))
                 .await
-                .map_err(|_| ConnError::WriteStalled { peer: self.peer.clone(), timeout: self.stall_timeout })?
+                .map_err(|_| ConnError::WriteStalled {
+                    peer: self.peer.clone(),
+                    timeout: self.stall_timeout,
+                })?
                 .map_err(|e| ConnError::Io(e.to_string()))?;
             if n == 0 {
                 return Err(ConnError::Io("socket accepted no bytes".into()));

@@ -26,7 +26,12 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> Self {
-        KeepAlive { interval, timeout, last_rx: now, last_ping: None }
+        KeepAlive {
+            interval,
+            timeout,
+            last_rx: now,
+            last_ping: None,
+        }
     }
 
     /// Any received frame proves the peer alive.

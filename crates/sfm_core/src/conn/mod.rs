@@ -7,8 +7,8 @@ mod io;
 mod keepalive;
 
 pub use handshake::{LocalEndpoint, Side, ENDPOINT_NAME};
-pub use keepalive::{KeepAlive, KeepAliveAction};
 pub(crate) use io::advise_huge_pages;
+pub use keepalive::{KeepAlive, KeepAliveAction};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -40,7 +40,9 @@ pub enum ConnError {
     Closed { peer: String, reason: String },
     #[error("sending to {peer:?} did not complete within {timeout:?}")]
     SendTimeout { peer: String, timeout: Duration },
-    #[error("writing to {peer:?} made no progress for {timeout:?} (setting streaming_send_timeout); connection closed")]
+    #[error(
+        "writing to {peer:?} made no progress for {timeout:?} (setting streaming_send_timeout); connection closed"
+    )]
     WriteStalled { peer: String, timeout: Duration },
     #[error("frame refused: {0}")]
     Frame(#[from] FrameError),
@@ -90,7 +92,10 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("id", &self.inner.id).field("peer", &self.inner.peer_name).finish()
+        f.debug_struct("Connection")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer_name)
+            .finish()
     }
 }
 
@@ -116,21 +121,31 @@ impl Connection {
         let handshake = async {
             match side {
                 Side::Active => {
-                    writer.write(handshake::handshake_frame(FrameType::Hello, local)).await?;
+                    writer
+                        .write(handshake::handshake_frame(FrameType::Hello, local))
+                        .await?;
                     let ready = reader.next_of(FrameType::Ready).await?;
                     handshake::parse_peer(&ready, &local.name)
                 }
                 Side::Passive => {
                     let hello = reader.next_of(FrameType::Hello).await?;
                     let peer = handshake::parse_peer(&hello, &local.name)?;
-                    writer.write(handshake::handshake_frame(FrameType::Ready, local)).await?;
+                    writer
+                        .write(handshake::handshake_frame(FrameType::Ready, local))
+                        .await?;
                     Ok(peer)
                 }
             }
         };
-        let (peer_name, peer_props) = tokio::time::timeout(config.connect_timeout, handshake)
-            .await
-            .map_err(|_| ConnError::Handshake(format!("no handshake within {:?} (setting connect_timeout)", config.connect_timeout)))??;
+        let (peer_name, peer_props) =
+            tokio::time::timeout(config.connect_timeout, handshake)
+                .await
+                .map_err(|_| {
+                    ConnError::Handshake(format!(
+                        "no handshake within {:?} (setting connect_timeout)",
+                        config.connect_timeout
+                    ))
+                })??;
 
         writer.peer = peer_name.clone();
         let (control_tx, control_rx) = mpsc::channel(config.control_queue_frames);
@@ -192,7 +207,11 @@ impl Connection {
     /// Next stream id for an outgoing DATA frame (NVFlare's per-endpoint counter, skipping reserved ids).
     pub fn next_stream_id(&self) -> u16 {
         loop {
-            let id = self.inner.next_stream_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let id = self
+                .inner
+                .next_stream_id
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
             if id > RESERVED_STREAM_ID {
                 return id;
             }
@@ -210,7 +229,9 @@ impl Connection {
         };
         let (done_tx, done_rx) = oneshot::channel();
         let enqueue = self.enqueue(frame, lane, deadline, Some(done_tx));
-        tokio::time::timeout_at(deadline, enqueue).await.map_err(|_| timed_out())??;
+        tokio::time::timeout_at(deadline, enqueue)
+            .await
+            .map_err(|_| timed_out())??;
         match tokio::time::timeout_at(deadline, done_rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.closed_error()),
@@ -224,9 +245,12 @@ impl Connection {
     pub async fn queue_frame(&self, frame: Frame, lane: Lane, deadline: Instant) -> Result<(), ConnError> {
         let started = Instant::now();
         let far = started + Duration::from_secs(365 * 24 * 3600);
-        tokio::time::timeout_at(deadline, self.enqueue(frame, lane, far, None)).await.map_err(|_| {
-            ConnError::SendTimeout { peer: self.inner.peer_name.clone(), timeout: deadline.saturating_duration_since(started) }
-        })?
+        tokio::time::timeout_at(deadline, self.enqueue(frame, lane, far, None))
+            .await
+            .map_err(|_| ConnError::SendTimeout {
+                peer: self.inner.peer_name.clone(),
+                timeout: deadline.saturating_duration_since(started),
+            })?
     }
 
     /// Queues a frame without waiting for it to be written (PONGs, fire-and-forget). The control lane refuses when
@@ -235,7 +259,12 @@ impl Connection {
         if self.is_closed() {
             return Err(self.closed_error());
         }
-        let out = Outgoing { frame, deadline, done: None, _budget: None };
+        let out = Outgoing {
+            frame,
+            deadline,
+            done: None,
+            _budget: None,
+        };
         match lane {
             Lane::Control => self.inner.control_tx.try_send(out).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ConnError::SendTimeout {
@@ -260,12 +289,21 @@ impl Connection {
         }
         match lane {
             Lane::Control => {
-                let out = Outgoing { frame, deadline, done, _budget: None };
+                let out = Outgoing {
+                    frame,
+                    deadline,
+                    done,
+                    _budget: None,
+                };
                 self.inner.control_tx.send(out).await.map_err(|_| self.closed_error())
             }
             Lane::Bulk => {
                 // The bulk lane is bounded in bytes, not frames: a frame bigger than the whole budget takes all of it.
-                let cost = frame.payload.len().clamp(1, self.inner.config.bulk_queue_bytes).min(u32::MAX as usize);
+                let cost = frame
+                    .payload
+                    .len()
+                    .clamp(1, self.inner.config.bulk_queue_bytes)
+                    .min(u32::MAX as usize);
                 let permit = self
                     .inner
                     .bulk_budget
@@ -273,7 +311,12 @@ impl Connection {
                     .acquire_many_owned(cost as u32)
                     .await
                     .map_err(|_| self.closed_error())?;
-                let out = Outgoing { frame, deadline, done, _budget: Some(permit) };
+                let out = Outgoing {
+                    frame,
+                    deadline,
+                    done,
+                    _budget: Some(permit),
+                };
                 self.inner.bulk_tx.send(out).map_err(|_| self.closed_error())
             }
         }
@@ -316,7 +359,11 @@ impl Connection {
             };
             match next {
                 Ok(Some(frame)) => {
-                    self.inner.keepalive.lock().expect("keepalive lock").on_receive(Instant::now().into_std());
+                    self.inner
+                        .keepalive
+                        .lock()
+                        .expect("keepalive lock")
+                        .on_receive(Instant::now().into_std());
                     self.dispatch(frame, &sink);
                 }
                 Ok(None) => return self.close("peer closed the connection"),
@@ -354,7 +401,12 @@ impl Connection {
                 Some(out) = bulk_rx.recv() => out,
                 else => break,
             };
-            let Outgoing { frame, deadline, done, _budget } = out;
+            let Outgoing {
+                frame,
+                deadline,
+                done,
+                _budget,
+            } = out;
             if Instant::now() >= deadline {
                 if let Some(done) = done {
                     let _ = done.send(Err(ConnError::SendTimeout {
@@ -390,7 +442,12 @@ impl Connection {
                 _ = tokio::time::sleep_until(Instant::from_std(deadline)) => {}
                 _ = self.closed() => break,
             }
-            let action = self.inner.keepalive.lock().expect("keepalive lock").poll(Instant::now().into_std());
+            let action = self
+                .inner
+                .keepalive
+                .lock()
+                .expect("keepalive lock")
+                .poll(Instant::now().into_std());
             match action {
                 KeepAliveAction::Wait => {}
                 KeepAliveAction::SendPing => {

@@ -28,8 +28,13 @@ pub struct Url {
 
 impl Url {
     pub fn parse(url: &str) -> Result<Url, DriverError> {
-        let bad = |reason: &str| DriverError::BadUrl { url: url.to_string(), reason: reason.to_string() };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://host:port"))?;
+        let bad = |reason: &str| DriverError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected scheme://host:port"))?;
         match scheme {
             "tcp" => {}
             "stcp" | "grpc" | "grpcs" | "http" | "https" | "agrpc" | "agrpcs" => {
@@ -44,7 +49,11 @@ impl Url {
             return Err(bad("missing host"));
         }
         let port: u16 = port.parse().map_err(|_| bad("port must be a number from 0 to 65535"))?;
-        Ok(Url { scheme: scheme.to_string(), host: host.to_string(), port })
+        Ok(Url {
+            scheme: scheme.to_string(),
+            host: host.to_string(),
+            port,
+        })
     }
 
     fn authority(&self) -> String {
@@ -67,10 +76,19 @@ pub async fn listen(url: &str) -> Result<(TcpListener, Url), DriverError> {
     let parsed = Url::parse(url)?;
     let listener = TcpListener::bind(parsed.authority())
         .await
-        .map_err(|source| DriverError::Listen { url: url.to_string(), source })?;
-    let local: SocketAddr =
-        listener.local_addr().map_err(|source| DriverError::Listen { url: url.to_string(), source })?;
-    let bound = Url { scheme: parsed.scheme, host: parsed.host, port: local.port() };
+        .map_err(|source| DriverError::Listen {
+            url: url.to_string(),
+            source,
+        })?;
+    let local: SocketAddr = listener.local_addr().map_err(|source| DriverError::Listen {
+        url: url.to_string(),
+        source,
+    })?;
+    let bound = Url {
+        scheme: parsed.scheme,
+        host: parsed.host,
+        port: local.port(),
+    };
     Ok((listener, bound))
 }
 
@@ -79,8 +97,14 @@ pub async fn connect(url: &str, timeout: Duration, no_delay: bool) -> Result<Tcp
     let parsed = Url::parse(url)?;
     let stream = tokio::time::timeout(timeout, TcpStream::connect(parsed.authority()))
         .await
-        .map_err(|_| DriverError::ConnectTimeout { url: url.to_string(), timeout })?
-        .map_err(|source| DriverError::Connect { url: url.to_string(), source })?;
+        .map_err(|_| DriverError::ConnectTimeout {
+            url: url.to_string(),
+            timeout,
+        })?
+        .map_err(|source| DriverError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
     let _ = stream.set_nodelay(no_delay);
     Ok(stream)
 }
@@ -99,7 +123,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_with_reason() {
-        for bad in ["127.0.0.1:1", "tcp://host", "tcp://:1", "tcp://h:99999", "ftp://h:1", "grpc://h:1"] {
+        for bad in [
+            "127.0.0.1:1",
+            "tcp://host",
+            "tcp://:1",
+            "tcp://h:99999",
+            "ftp://h:1",
+            "grpc://h:1",
+        ] {
             let err = Url::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }

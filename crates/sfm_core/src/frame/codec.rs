@@ -130,8 +130,7 @@ impl Frame {
         head.put_bytes(0, PREFIX_LEN);
         self.headers.encode_into(&mut head);
         let header_len = head.len() - PREFIX_LEN;
-        let header_len =
-            u16::try_from(header_len).map_err(|_| FrameError::HeadersTooLong(header_len))?;
+        let header_len = u16::try_from(header_len).map_err(|_| FrameError::HeadersTooLong(header_len))?;
         let length = head.len() as u64 + self.payload.len() as u64;
         let too_large = FrameError::TooLarge {
             length,
@@ -210,10 +209,7 @@ mod tests {
     fn control_frame_has_no_headers() {
         let ping = Frame::control(FrameType::Ping, 18, Bytes::from_static(&[0xc0]));
         let bytes = ping.encode().unwrap();
-        assert_eq!(
-            &bytes[..],
-            [0, 0, 0, 17, 0, 0, 6, 0, 0, 0, 0, 0, 0, 18, 0, 0, 0xc0]
-        );
+        assert_eq!(&bytes[..], [0, 0, 0, 17, 0, 0, 6, 0, 0, 0, 0, 0, 0, 18, 0, 0, 0xc0]);
         let decoded = FrameCodec::default()
             .decode(&mut BytesMut::from(&bytes[..]))
             .unwrap()
@@ -306,10 +302,7 @@ mod tests {
         assert_eq!(FrameCodec::decode_body(&prefix, body.clone()), Ok(sample()));
         assert_eq!(
             FrameCodec::decode_body(&prefix, body.slice(1..)),
-            Err(FrameError::BodyLength {
-                expected: 11,
-                got: 10
-            })
+            Err(FrameError::BodyLength { expected: 11, got: 10 })
         );
         let overrun = Prefix {
             header_len: 12,
@@ -326,10 +319,7 @@ mod tests {
         let frame = sample();
         assert_eq!(
             frame.encode_head_checked(26),
-            Err(FrameError::TooLarge {
-                length: 27,
-                max: 26
-            })
+            Err(FrameError::TooLarge { length: 27, max: 26 })
         );
         assert!(frame.encode_head_checked(27).is_ok());
         let mut headers = Headers::new();

@@ -110,8 +110,7 @@ impl Headers {
         if src.is_empty() {
             return Ok(Headers::new());
         }
-        let value =
-            msgpack::decode_exact(&src).map_err(|e| FrameError::BadHeaders(e.to_string()))?;
+        let value = msgpack::decode_exact(&src).map_err(|e| FrameError::BadHeaders(e.to_string()))?;
         let Value::Map(pairs) = value else {
             return Err(FrameError::BadHeaders(format!(
                 "expected a map at the top level, got {}",
@@ -183,12 +182,9 @@ mod tests {
         assert_eq!(h.remove("b"), None);
         assert!(!h.contains_key("b"));
         assert!(h.contains_key("c"));
-        let collected: Headers = [
-            ("k".to_owned(), Value::Nil),
-            ("k".to_owned(), Value::Int(3)),
-        ]
-        .into_iter()
-        .collect();
+        let collected: Headers = [("k".to_owned(), Value::Nil), ("k".to_owned(), Value::Int(3))]
+            .into_iter()
+            .collect();
         assert_eq!(collected.len(), 1);
         assert_eq!(collected.get("k"), Some(&Value::Int(3)));
     }
@@ -207,10 +203,7 @@ mod tests {
         assert!(Headers::new().encode().is_empty());
         assert_eq!(Headers::decode(Bytes::new()), Ok(Headers::new()));
         // An explicit empty map is accepted too.
-        assert_eq!(
-            Headers::decode(Bytes::from_static(&[0x80])),
-            Ok(Headers::new())
-        );
+        assert_eq!(Headers::decode(Bytes::from_static(&[0x80])), Ok(Headers::new()));
     }
 
     #[test]
@@ -237,9 +230,6 @@ mod tests {
     #[test]
     fn decode_value_reports_bad_payload() {
         assert_eq!(decode_value(&Bytes::from_static(&[0xc0])), Ok(Value::Nil));
-        assert!(matches!(
-            decode_value(&Bytes::new()),
-            Err(FrameError::BadPayload(_))
-        ));
+        assert!(matches!(decode_value(&Bytes::new()), Err(FrameError::BadPayload(_))));
     }
 }

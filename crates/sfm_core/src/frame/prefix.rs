@@ -137,10 +137,7 @@ mod tests {
 
     #[test]
     fn short_input_is_an_error() {
-        assert_eq!(
-            Prefix::decode(&SAMPLE_BYTES[..15]),
-            Err(FrameError::PrefixTooShort(15))
-        );
+        assert_eq!(Prefix::decode(&SAMPLE_BYTES[..15]), Err(FrameError::PrefixTooShort(15)));
         assert_eq!(Prefix::decode(&[]), Err(FrameError::PrefixTooShort(0)));
     }
 
@@ -155,10 +152,7 @@ mod tests {
         assert_eq!(p(15, 0).validate(100), Err(FrameError::LengthTooSmall(15)));
         assert_eq!(
             p(101, 0).validate(100),
-            Err(FrameError::TooLarge {
-                length: 101,
-                max: 100
-            })
+            Err(FrameError::TooLarge { length: 101, max: 100 })
         );
         assert_eq!(
             p(20, 5).validate(100),

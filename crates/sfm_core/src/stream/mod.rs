@@ -33,7 +33,9 @@ use std::time::Duration;
 pub use receiver::{required_out_of_order, Delivery, ReceiverConfig, ReceiverState, StreamReceiver};
 pub use sender::{ChunkPlan, SenderConfig, SenderState, StreamSender};
 pub use window::Window;
-pub use wire::{AckHeader, AckMessage, ChunkHeader, ChunkKind, DataMessage, ErrorHeader, StreamDataType, StreamIdGen};
+pub use wire::{
+    AckHeader, AckMessage, ChunkHeader, ChunkKind, DataMessage, ErrorHeader, StreamDataType, StreamHeaders, StreamIdGen,
+};
 
 use crate::config::ConfigError;
 
@@ -46,20 +48,36 @@ pub enum StreamError {
          bytes acknowledged); the receiver stopped consuming or the link stalled. If the receiver is legitimately \
          slow, raise streaming_ack_progress_timeout (now {timeout:?}) or lower streaming_ack_interval"
     )]
-    AckStalled { stream_id: u64, idle: Duration, timeout: Duration, acked: u64, sent: u64 },
+    AckStalled {
+        stream_id: u64,
+        idle: Duration,
+        timeout: Duration,
+        acked: u64,
+        sent: u64,
+    },
     /// `checks` consecutive stall checks, `interval` apart, saw the sender waiting with no ACK progress.
     #[error(
         "stream {stream_id}: stall detected, {checks} consecutive checks {interval:?} apart saw no ACK progress \
          ({acked} of {sent} sent bytes acknowledged); tune sfm_send_stall_consecutive_checks or \
          streaming_stall_check_interval if the receiver is legitimately slow"
     )]
-    Stalled { stream_id: u64, checks: u32, interval: Duration, acked: u64, sent: u64 },
+    Stalled {
+        stream_id: u64,
+        checks: u32,
+        interval: Duration,
+        acked: u64,
+        sent: u64,
+    },
     /// The receiver waited for data for `timeout` without any arriving.
     #[error(
         "stream {stream_id}: read timed out, no data for {timeout:?} after {received} bytes; the sender stopped or \
          the link stalled. Raise streaming_read_timeout if the sender is legitimately slow"
     )]
-    ReadTimeout { stream_id: u64, timeout: Duration, received: u64 },
+    ReadTimeout {
+        stream_id: u64,
+        timeout: Duration,
+        received: u64,
+    },
     /// The stream was aborted, by the other end (`by_peer`) or by this one.
     #[error("stream aborted by {}: {message}", if *by_peer { "the peer" } else { "this side" })]
     Aborted { by_peer: bool, message: String },
@@ -72,7 +90,11 @@ pub enum StreamError {
     TooLarge { size: u64, max: u64, setting: &'static str },
     /// The caller asked for something the stream's state does not allow (a bug in the driver, not the peer).
     #[error("stream {stream_id}: cannot {operation} in state {state}")]
-    InvalidState { stream_id: u64, operation: &'static str, state: &'static str },
+    InvalidState {
+        stream_id: u64,
+        operation: &'static str,
+        state: &'static str,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -95,7 +117,10 @@ impl StreamError {
 /// Checks a size setting is positive.
 pub(crate) fn positive(name: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
-        return Err(ConfigError { name, reason: "must be greater than zero".into() });
+        return Err(ConfigError {
+            name,
+            reason: "must be greater than zero".into(),
+        });
     }
     Ok(())
 }
@@ -103,7 +128,10 @@ pub(crate) fn positive(name: &'static str, value: u64) -> Result<(), ConfigError
 /// Checks a duration setting is positive.
 pub(crate) fn positive_duration(name: &'static str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
-        return Err(ConfigError { name, reason: "must be greater than zero".into() });
+        return Err(ConfigError {
+            name,
+            reason: "must be greater than zero".into(),
+        });
     }
     Ok(())
 }

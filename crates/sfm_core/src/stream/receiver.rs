@@ -66,7 +66,9 @@ pub fn required_out_of_order(window_size: u64, chunk_size: u64) -> usize {
         return MIN_OUT_OF_ORDER;
     }
     let chunks = window_size.div_ceil(chunk_size).saturating_add(1);
-    let capped = usize::try_from(chunks).unwrap_or(usize::MAX).min(MAX_PEER_DERIVED_OUT_OF_ORDER);
+    let capped = usize::try_from(chunks)
+        .unwrap_or(usize::MAX)
+        .min(MAX_PEER_DERIVED_OUT_OF_ORDER);
     capped.max(MIN_OUT_OF_ORDER)
 }
 
@@ -152,10 +154,12 @@ impl StreamReceiver {
                 setting: "streaming_max_blob_size",
             });
         }
-        let max_out_of_order = cfg.max_out_of_order.unwrap_or_else(|| match (first.window_size, first.chunk_size) {
-            (Some(ws), Some(cs)) => required_out_of_order(ws, cs),
-            _ => required_out_of_order(LEGACY_WINDOW, LEGACY_CHUNK),
-        });
+        let max_out_of_order = cfg
+            .max_out_of_order
+            .unwrap_or_else(|| match (first.window_size, first.chunk_size) {
+                (Some(ws), Some(cs)) => required_out_of_order(ws, cs),
+                _ => required_out_of_order(LEGACY_WINDOW, LEGACY_CHUNK),
+            });
         let mut rx = StreamReceiver {
             id: first.stream_id,
             channel: first.channel.clone(),
@@ -275,7 +279,10 @@ impl StreamReceiver {
             return Err(proto(format!("chunk of stream {} fed to this receiver", h.stream_id)));
         }
         if h.total_size != self.total {
-            return Err(proto(format!("sm__sz changed from {} to {} at seq {}", self.total, h.total_size, h.seq)));
+            return Err(proto(format!(
+                "sm__sz changed from {} to {} at seq {}",
+                self.total, h.total_size, h.seq
+            )));
         }
         self.adopt_ack_interval(h);
         if h.seq < self.next_seq {
@@ -302,12 +309,18 @@ impl StreamReceiver {
         }
         if let Some(f) = self.final_seq {
             if h.seq > f || (h.is_final() && h.seq != f) {
-                return Err(proto(format!("chunk seq {} conflicts with the FINAL chunk at seq {f}", h.seq)));
+                return Err(proto(format!(
+                    "chunk seq {} conflicts with the FINAL chunk at seq {f}",
+                    h.seq
+                )));
             }
         }
         if h.is_final() {
             if let Some((&beyond, _)) = self.out_of_order.range(h.seq + 1..).next() {
-                return Err(proto(format!("FINAL chunk at seq {} but seq {beyond} already arrived", h.seq)));
+                return Err(proto(format!(
+                    "FINAL chunk at seq {} but seq {beyond} already arrived",
+                    h.seq
+                )));
             }
             self.final_seq = Some(h.seq);
         }
@@ -323,7 +336,14 @@ impl StreamReceiver {
                         h.chunk_size
                     )));
                 }
-                self.out_of_order.insert(h.seq, Pending { offset: h.offset, is_final: h.is_final(), data: payload });
+                self.out_of_order.insert(
+                    h.seq,
+                    Pending {
+                        offset: h.offset,
+                        is_final: h.is_final(),
+                        data: payload,
+                    },
+                );
                 self.idle_since = now;
             }
             return Ok(Vec::new());
@@ -419,7 +439,11 @@ impl StreamReceiver {
         if final_due {
             self.state = ReceiverState::Complete;
         }
-        Some(AckHeader { stream_id: self.id, offset: self.consumed, seq: self.last_seq })
+        Some(AckHeader {
+            stream_id: self.id,
+            offset: self.consumed,
+            seq: self.last_seq,
+        })
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: only while waiting for data with
@@ -451,14 +475,26 @@ impl StreamReceiver {
     /// The sender reported an error: the stream fails with [`StreamError::Aborted`] `{ by_peer: true }`.
     pub fn handle_error(&mut self, message: impl Into<String>) {
         if matches!(self.state, ReceiverState::Receiving | ReceiverState::Received) {
-            self.fail(StreamError::Aborted { by_peer: true, message: message.into() }, false);
+            self.fail(
+                StreamError::Aborted {
+                    by_peer: true,
+                    message: message.into(),
+                },
+                false,
+            );
         }
     }
 
     /// Gives up locally (the consumer failed or was cancelled): the stream fails and the sender is to be told.
     pub fn abort(&mut self, message: impl Into<String>) {
         if matches!(self.state, ReceiverState::Receiving | ReceiverState::Received) {
-            self.fail(StreamError::Aborted { by_peer: false, message: message.into() }, true);
+            self.fail(
+                StreamError::Aborted {
+                    by_peer: false,
+                    message: message.into(),
+                },
+                true,
+            );
         }
     }
 

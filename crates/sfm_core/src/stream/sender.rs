@@ -61,7 +61,11 @@ impl SenderConfig {
         positive("streaming_ack_interval", self.ack_interval)?;
         positive_duration("streaming_ack_progress_timeout", self.ack_progress_timeout)?;
         positive_duration("streaming_stall_check_interval", self.stall_check_interval)?;
-        if self.chunk_size.checked_add(self.ack_interval).is_none_or(|need| need > self.window_size) {
+        if self
+            .chunk_size
+            .checked_add(self.ack_interval)
+            .is_none_or(|need| need > self.window_size)
+        {
             return Err(ConfigError {
                 name: "streaming_window_size",
                 reason: format!(
@@ -240,7 +244,12 @@ impl StreamSender {
         // FINAL, and an empty stream is one empty FINAL.
         let is_final = remaining <= self.cfg.chunk_size;
         let len = if is_final { remaining } else { self.cfg.chunk_size };
-        Some(ChunkPlan { seq: self.next_seq, offset, len, is_final })
+        Some(ChunkPlan {
+            seq: self.next_seq,
+            offset,
+            len,
+            is_final,
+        })
     }
 
     /// The next chunk to send, or `None` when the window is full (wait for an ACK or a timeout) or everything has
@@ -267,7 +276,11 @@ impl StreamSender {
         self.rearm(now, false);
         Ok(ChunkHeader {
             stream_id: self.id,
-            data_type: if plan.is_final { ChunkKind::Final } else { ChunkKind::Chunk },
+            data_type: if plan.is_final {
+                ChunkKind::Final
+            } else {
+                ChunkKind::Chunk
+            },
             total_size: self.total,
             seq: plan.seq,
             offset: plan.offset,
@@ -308,14 +321,26 @@ impl StreamSender {
     /// The receiver reported an error: the stream fails with [`StreamError::Aborted`] `{ by_peer: true }`.
     pub fn handle_error(&mut self, message: impl Into<String>) {
         if matches!(self.state, SenderState::Sending | SenderState::AllSent) {
-            self.fail(StreamError::Aborted { by_peer: true, message: message.into() }, false);
+            self.fail(
+                StreamError::Aborted {
+                    by_peer: true,
+                    message: message.into(),
+                },
+                false,
+            );
         }
     }
 
     /// Gives up locally (cancel, send failure): the stream fails and the receiver is to be told.
     pub fn abort(&mut self, message: impl Into<String>) {
         if matches!(self.state, SenderState::Sending | SenderState::AllSent) {
-            self.fail(StreamError::Aborted { by_peer: false, message: message.into() }, true);
+            self.fail(
+                StreamError::Aborted {
+                    by_peer: false,
+                    message: message.into(),
+                },
+                true,
+            );
         }
     }
 
@@ -387,8 +412,12 @@ impl StreamSender {
         }
         self.stall_checks = 0;
         let anchor = self.wait_anchor;
-        self.timers.set(Timer::AckProgress, anchor.and_then(|a| a.checked_add(self.cfg.ack_progress_timeout)));
-        self.timers.set(Timer::StallCheck, anchor.and_then(|a| self.stall_check_at(a)));
+        self.timers.set(
+            Timer::AckProgress,
+            anchor.and_then(|a| a.checked_add(self.cfg.ack_progress_timeout)),
+        );
+        self.timers
+            .set(Timer::StallCheck, anchor.and_then(|a| self.stall_check_at(a)));
     }
 
     /// When the next stall check falls, given the count so far.
@@ -417,6 +446,10 @@ impl StreamSender {
     }
 
     fn invalid(&self, operation: &'static str) -> StreamError {
-        StreamError::InvalidState { stream_id: self.id, operation, state: self.state.name() }
+        StreamError::InvalidState {
+            stream_id: self.id,
+            operation,
+            state: self.state.name(),
+        }
     }
 }

@@ -34,7 +34,12 @@ fn source(len: usize, seed: u64) -> Bytes {
 }
 
 fn small_cfg(chunk: u64, window: u64, ack: u64) -> SenderConfig {
-    SenderConfig { chunk_size: chunk, window_size: window, ack_interval: ack, ..SenderConfig::default() }
+    SenderConfig {
+        chunk_size: chunk,
+        window_size: window,
+        ack_interval: ack,
+        ..SenderConfig::default()
+    }
 }
 
 enum ToRx {
@@ -115,13 +120,20 @@ impl Pair {
 
     fn check_invariant(&self) {
         let w = self.tx.window();
-        assert!(w.outstanding() <= w.size(), "window invariant broken: {} unacked > {}", w.outstanding(), w.size());
+        assert!(
+            w.outstanding() <= w.size(),
+            "window invariant broken: {} unacked > {}",
+            w.outstanding(),
+            w.size()
+        );
         assert!(w.acked() <= w.sent());
     }
 
     fn send_to_rx(&mut self, msg: ToRx, len: u64) {
         let start = self.now.max(self.link_free_at);
-        let wire_time = self.bandwidth.map_or(Duration::ZERO, |bw| Duration::from_secs_f64(len as f64 / bw as f64));
+        let wire_time = self
+            .bandwidth
+            .map_or(Duration::ZERO, |bw| Duration::from_secs_f64(len as f64 / bw as f64));
         self.link_free_at = start + wire_time;
         let extra = if self.jitter.is_zero() {
             Duration::ZERO
@@ -129,7 +141,8 @@ impl Pair {
             Duration::from_nanos(self.rand() % self.jitter.as_nanos() as u64)
         };
         self.order += 1;
-        self.to_rx.push((self.link_free_at + self.latency + extra, self.order, msg));
+        self.to_rx
+            .push((self.link_free_at + self.latency + extra, self.order, msg));
     }
 
     fn send_to_tx(&mut self, msg: ToTx) {
@@ -238,9 +251,15 @@ impl Pair {
     fn step(&mut self) -> bool {
         self.pump_sender();
         let next_rx = self.to_rx.iter().map(|(t, _, _)| *t).min();
-        let next_tx = if self.hold_acks { None } else { self.to_tx.front().map(|(t, _)| *t) };
+        let next_tx = if self.hold_acks {
+            None
+        } else {
+            self.to_tx.front().map(|(t, _)| *t)
+        };
         let timers = [self.tx.poll_timeout(), self.rx.as_ref().and_then(|r| r.poll_timeout())];
-        let Some(next) = [next_rx, next_tx].into_iter().chain(timers).flatten().min() else { return false };
+        let Some(next) = [next_rx, next_tx].into_iter().chain(timers).flatten().min() else {
+            return false;
+        };
         self.now = self.now.max(next);
         if self.tx.poll_timeout().is_some_and(|t| t <= self.now) {
             if let Err(e) = self.tx.handle_timeout(self.now) {
@@ -328,7 +347,10 @@ fn chunking_matches_nvflare() {
 fn round_trips_of_edge_sizes() {
     let c = 1024usize;
     for size in [0, 1, c - 1, c, c + 1, 10 * c + 7] {
-        let mut pair = Pair::new(source(size, size as u64 + 1), small_cfg(c as u64, 4 * c as u64, 2 * c as u64));
+        let mut pair = Pair::new(
+            source(size, size as u64 + 1),
+            small_cfg(c as u64, 4 * c as u64, 2 * c as u64),
+        );
         pair.bandwidth = Some(1_000_000);
         pair.run();
         pair.assert_delivered_exactly();
@@ -344,11 +366,18 @@ fn round_trips_of_edge_sizes() {
 #[test]
 fn reordering_within_the_window_is_reassembled_exactly() {
     let c = 512;
-    let mut pair = Pair::new(source(200 * c + 13, 3), small_cfg(c as u64, 16 * c as u64, 4 * c as u64));
+    let mut pair = Pair::new(
+        source(200 * c + 13, 3),
+        small_cfg(c as u64, 16 * c as u64, 4 * c as u64),
+    );
     pair.jitter = 50 * MS;
     pair.run();
     pair.assert_delivered_exactly();
-    assert!(pair.max_buffered > 3, "jitter should have reordered chunks (max buffered {})", pair.max_buffered);
+    assert!(
+        pair.max_buffered > 3,
+        "jitter should have reordered chunks (max buffered {})",
+        pair.max_buffered
+    );
     assert!(pair.max_buffered <= pair.rx.as_ref().unwrap().max_out_of_order());
 }
 
@@ -394,7 +423,10 @@ fn blocked_sender(cfg: SenderConfig, t0: Instant) -> StreamSender {
 #[test]
 fn stalled_acks_trip_the_watchdog_exactly_at_the_timeout_after_the_last_progress() {
     let t0 = epoch();
-    let cfg = SenderConfig { stall_consecutive_checks: 0, ..small_cfg(1000, 8000, 2000) };
+    let cfg = SenderConfig {
+        stall_consecutive_checks: 0,
+        ..small_cfg(1000, 8000, 2000)
+    };
     let mut tx = blocked_sender(cfg, t0);
     assert_eq!(tx.poll_timeout(), Some(t0 + 60 * S));
     // Progress at t0+10s (still blocked: 500 bytes free, chunks are 1000) re-arms the watchdog.
@@ -406,7 +438,10 @@ fn stalled_acks_trip_the_watchdog_exactly_at_the_timeout_after_the_last_progress
     assert_eq!(tx.poll_timeout(), Some(t0 + 70 * S));
     tx.handle_timeout(t0 + 70 * S - Duration::from_nanos(1)).unwrap();
     let err = tx.handle_timeout(t0 + 70 * S).unwrap_err();
-    assert!(matches!(err, StreamError::AckStalled { idle, acked: 500, sent: 8000, .. } if idle == 60 * S), "{err:?}");
+    assert!(
+        matches!(err, StreamError::AckStalled { idle, acked: 500, sent: 8000, .. } if idle == 60 * S),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("streaming_ack_progress_timeout"), "{err}");
     assert_eq!(tx.state(), &SenderState::Failed(err.clone()));
     let notice = tx.poll_error().expect("the receiver must be told");
@@ -444,7 +479,10 @@ fn a_slow_but_moving_transfer_never_times_out() {
     pair.run();
     pair.assert_delivered_exactly();
     let took = pair.now - t0;
-    assert!(took > 200 * 60 * S, "the transfer took {took:?}, far longer than the timeout, and never timed out");
+    assert!(
+        took > 200 * 60 * S,
+        "the transfer took {took:?}, far longer than the timeout, and never timed out"
+    );
 }
 
 #[test]
@@ -464,7 +502,11 @@ fn slow_consumption_on_the_sender_side_is_not_a_stall() {
 #[test]
 fn consecutive_stall_checks_count_and_reset_on_progress() {
     let t0 = epoch();
-    let cfg = SenderConfig { stall_check_interval: 5 * S, stall_consecutive_checks: 3, ..small_cfg(1000, 8000, 2000) };
+    let cfg = SenderConfig {
+        stall_check_interval: 5 * S,
+        stall_consecutive_checks: 3,
+        ..small_cfg(1000, 8000, 2000)
+    };
     let mut tx = blocked_sender(cfg, t0);
     assert_eq!(tx.poll_timeout(), Some(t0 + 5 * S));
     tx.handle_timeout(t0 + 5 * S).unwrap();
@@ -485,13 +527,26 @@ fn consecutive_stall_checks_count_and_reset_on_progress() {
 #[test]
 fn a_late_timeout_call_counts_every_missed_check_and_the_earlier_rule_wins() {
     let t0 = epoch();
-    let cfg = SenderConfig { stall_check_interval: 5 * S, stall_consecutive_checks: 3, ..small_cfg(1000, 8000, 2000) };
+    let cfg = SenderConfig {
+        stall_check_interval: 5 * S,
+        stall_consecutive_checks: 3,
+        ..small_cfg(1000, 8000, 2000)
+    };
     let mut tx = blocked_sender(cfg.clone(), t0);
-    assert!(matches!(tx.handle_timeout(t0 + 100 * S), Err(StreamError::Stalled { .. })));
+    assert!(matches!(
+        tx.handle_timeout(t0 + 100 * S),
+        Err(StreamError::Stalled { .. })
+    ));
     // With the stall rule slower than the watchdog, the watchdog fires.
-    let cfg = SenderConfig { stall_check_interval: 30 * S, ..cfg };
+    let cfg = SenderConfig {
+        stall_check_interval: 30 * S,
+        ..cfg
+    };
     let mut tx = blocked_sender(cfg, t0);
-    assert!(matches!(tx.handle_timeout(t0 + 1000 * S), Err(StreamError::AckStalled { .. })));
+    assert!(matches!(
+        tx.handle_timeout(t0 + 1000 * S),
+        Err(StreamError::AckStalled { .. })
+    ));
 }
 
 #[test]
@@ -502,7 +557,11 @@ fn the_final_ack_is_awaited_and_completes_the_sender() {
         let _ = tx.commit_chunk(p, t0).unwrap();
     }
     assert!(tx.all_sent() && !tx.is_complete());
-    assert_eq!(tx.poll_timeout(), Some(t0 + 30 * S), "waiting for the final ACK is watched");
+    assert_eq!(
+        tx.poll_timeout(),
+        Some(t0 + 30 * S),
+        "waiting for the final ACK is watched"
+    );
     tx.handle_ack(2000, t0 + S).unwrap();
     assert!(!tx.is_complete());
     tx.handle_ack(2500, t0 + 2 * S).unwrap();
@@ -550,23 +609,37 @@ fn the_read_timeout_fires_only_while_idle() {
     let mut rx = StreamReceiver::new(&h0, ReceiverConfig::default(), t0).unwrap();
     assert_eq!(rx.poll_timeout(), Some(t0 + 300 * S));
     let d = rx.handle_chunk(&h0, bytes(100), t0 + 10 * S).unwrap();
-    assert_eq!(d, [Delivery { offset: 0, data: bytes(100) }]);
+    assert_eq!(
+        d,
+        [Delivery {
+            offset: 0,
+            data: bytes(100)
+        }]
+    );
     // Not consumed yet: the wait is on the caller, not the network.
     assert_eq!(rx.poll_timeout(), None);
     rx.handle_timeout(t0 + 10_000 * S).unwrap();
     rx.on_consumed(100, t0 + 1000 * S).unwrap();
     assert_eq!(rx.poll_timeout(), Some(t0 + 1300 * S));
     // Data re-arms it, out-of-order data too.
-    let _ = rx.handle_chunk(&chunk(2, 200, 1000, false), bytes(100), t0 + 1200 * S).unwrap();
+    let _ = rx
+        .handle_chunk(&chunk(2, 200, 1000, false), bytes(100), t0 + 1200 * S)
+        .unwrap();
     assert_eq!(rx.poll_timeout(), Some(t0 + 1500 * S));
     rx.handle_timeout(t0 + 1500 * S - Duration::from_nanos(1)).unwrap();
     let err = rx.handle_timeout(t0 + 1500 * S).unwrap_err();
     assert!(matches!(err, StreamError::ReadTimeout { received: 100, .. }), "{err:?}");
     assert!(err.to_string().contains("streaming_read_timeout"), "{err}");
     let notice = rx.poll_error().unwrap();
-    assert_eq!((notice.channel.as_deref(), notice.error_type.as_deref()), (Some("app"), Some("StreamError")));
+    assert_eq!(
+        (notice.channel.as_deref(), notice.error_type.as_deref()),
+        (Some("app"), Some("StreamError"))
+    );
     // Later chunks get the cause back.
-    assert_eq!(rx.handle_chunk(&chunk(1, 100, 1000, false), bytes(100), t0 + 1501 * S), Err(err));
+    assert_eq!(
+        rx.handle_chunk(&chunk(1, 100, 1000, false), bytes(100), t0 + 1501 * S),
+        Err(err)
+    );
 }
 
 #[test]
@@ -575,26 +648,49 @@ fn acks_follow_consumption_and_the_final_ack_completes() {
     let mut rx = StreamReceiver::new(&chunk(1, 100, 350, false), ReceiverConfig::default(), t0).unwrap();
     assert_eq!(rx.ack_interval(), 400, "the default is clamped to sm__ws");
     // seq 1 first (buffered), then seq 0 with sm__ai=200.
-    assert!(rx.handle_chunk(&chunk(1, 100, 350, false), bytes(100), t0).unwrap().is_empty());
+    assert!(rx
+        .handle_chunk(&chunk(1, 100, 350, false), bytes(100), t0)
+        .unwrap()
+        .is_empty());
     let d = rx.handle_chunk(&chunk(0, 0, 350, false), bytes(100), t0).unwrap();
-    assert_eq!(d.iter().map(|d| (d.offset, d.data.len())).collect::<Vec<_>>(), [(0, 100), (100, 100)]);
+    assert_eq!(
+        d.iter().map(|d| (d.offset, d.data.len())).collect::<Vec<_>>(),
+        [(0, 100), (100, 100)]
+    );
     assert_eq!(rx.ack_interval(), 200);
     rx.on_consumed(150, t0).unwrap();
     assert_eq!(rx.poll_ack(), None);
     rx.on_consumed(200, t0).unwrap();
-    assert_eq!(rx.poll_ack(), Some(AckHeader { stream_id: 5, offset: 200, seq: Some(1) }));
+    assert_eq!(
+        rx.poll_ack(),
+        Some(AckHeader {
+            stream_id: 5,
+            offset: 200,
+            seq: Some(1)
+        })
+    );
     assert_eq!(rx.poll_ack(), None);
     let d = rx.handle_chunk(&chunk(2, 200, 350, true), bytes(150), t0).unwrap();
     assert_eq!(d.len(), 1);
     assert!(rx.all_received() && !rx.is_complete());
     assert_eq!(rx.poll_ack(), None, "the final ACK waits for consumption");
     rx.on_consumed(350, t0).unwrap();
-    assert_eq!(rx.poll_ack(), Some(AckHeader { stream_id: 5, offset: 350, seq: Some(2) }));
+    assert_eq!(
+        rx.poll_ack(),
+        Some(AckHeader {
+            stream_id: 5,
+            offset: 350,
+            seq: Some(2)
+        })
+    );
     assert!(rx.is_complete());
     assert_eq!(rx.poll_ack(), None);
     assert_eq!(rx.poll_timeout(), None);
     // A late duplicate is ignored.
-    assert!(rx.handle_chunk(&chunk(1, 100, 350, false), bytes(100), t0).unwrap().is_empty());
+    assert!(rx
+        .handle_chunk(&chunk(1, 100, 350, false), bytes(100), t0)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -613,31 +709,56 @@ fn protocol_violations_fail_the_receiver_with_helpful_text() {
         panic!("no error");
     };
     // Overrun: data beyond the declared size.
-    let msg = fails(chunk(0, 0, 150, false), vec![(chunk(0, 0, 150, false), 100), (chunk(1, 100, 150, true), 100)]);
+    let msg = fails(
+        chunk(0, 0, 150, false),
+        vec![(chunk(0, 0, 150, false), 100), (chunk(1, 100, 150, true), 100)],
+    );
     assert!(msg.contains("beyond the declared size of 150 bytes"), "{msg}");
     // Bad offset.
-    let msg = fails(chunk(0, 0, 1000, false), vec![(chunk(0, 0, 1000, false), 100), (chunk(1, 150, 1000, false), 100)]);
-    assert!(msg.contains("offset 150") && msg.contains("100 bytes came before it"), "{msg}");
+    let msg = fails(
+        chunk(0, 0, 1000, false),
+        vec![(chunk(0, 0, 1000, false), 100), (chunk(1, 150, 1000, false), 100)],
+    );
+    assert!(
+        msg.contains("offset 150") && msg.contains("100 bytes came before it"),
+        "{msg}"
+    );
     // FINAL short of the declared size.
     let msg = fails(chunk(0, 0, 1000, true), vec![(chunk(0, 0, 1000, true), 100)]);
     assert!(msg.contains("declared 1000"), "{msg}");
     // Too many out-of-order chunks: sm__ws=400/sm__cs=100 gives max(16, 5) = 16 slots.
     let feed = (1..=17).map(|s| (chunk(s, s * 100, 100_000, false), 100)).collect();
     let msg = fails(chunk(1, 100, 100_000, false), feed);
-    assert!(msg.contains("too many out-of-order chunks: 16") && msg.contains("streaming_max_out_seq_chunks"), "{msg}");
+    assert!(
+        msg.contains("too many out-of-order chunks: 16") && msg.contains("streaming_max_out_seq_chunks"),
+        "{msg}"
+    );
     // Size changed mid-stream, chunk after FINAL.
     let msg = fails(chunk(0, 0, 1000, false), vec![(chunk(0, 0, 999, false), 100)]);
     assert!(msg.contains("sm__sz changed"), "{msg}");
-    let msg = fails(chunk(0, 0, 0, false), vec![(chunk(1, 100, 0, true), 100), (chunk(2, 200, 0, false), 100)]);
+    let msg = fails(
+        chunk(0, 0, 0, false),
+        vec![(chunk(1, 100, 0, true), 100), (chunk(2, 200, 0, false), 100)],
+    );
     assert!(msg.contains("FINAL chunk at seq 1"), "{msg}");
 }
 
 #[test]
 fn a_stream_larger_than_the_limit_is_refused_before_allocation() {
     let t0 = epoch();
-    let cfg = ReceiverConfig { max_size: 1000, ..ReceiverConfig::default() };
+    let cfg = ReceiverConfig {
+        max_size: 1000,
+        ..ReceiverConfig::default()
+    };
     let err = StreamReceiver::new(&chunk(0, 0, 1001, false), cfg.clone(), t0).unwrap_err();
-    assert_eq!(err, StreamError::TooLarge { size: 1001, max: 1000, setting: "streaming_max_blob_size" });
+    assert_eq!(
+        err,
+        StreamError::TooLarge {
+            size: 1001,
+            max: 1000,
+            setting: "streaming_max_blob_size"
+        }
+    );
     assert!(err.to_string().contains("raise streaming_max_blob_size"), "{err}");
     let notice = ErrorHeader::new(3, &err);
     assert_eq!(notice.error_type.as_deref(), Some("BlobSizeError"));
@@ -682,7 +803,10 @@ fn an_abort_on_either_side_reaches_the_other_with_its_message() {
     assert!(matches!(&e, StreamError::Aborted { by_peer: true, message } if message.contains("cancelled by the user")));
     assert_eq!(
         pair.tx.error(),
-        Some(&StreamError::Aborted { by_peer: false, message: "cancelled by the user".into() })
+        Some(&StreamError::Aborted {
+            by_peer: false,
+            message: "cancelled by the user".into()
+        })
     );
 
     let mut pair = Pair::new(source(50 * c, 9), small_cfg(c as u64, 8 * c as u64, 2 * c as u64));
@@ -693,7 +817,10 @@ fn an_abort_on_either_side_reaches_the_other_with_its_message() {
     pair.rx.as_mut().unwrap().abort("disk full");
     pair.run();
     let (_, e) = pair.tx_error.clone().unwrap();
-    assert!(matches!(&e, StreamError::Aborted { by_peer: true, message } if message.contains("disk full")), "{e:?}");
+    assert!(
+        matches!(&e, StreamError::Aborted { by_peer: true, message } if message.contains("disk full")),
+        "{e:?}"
+    );
     assert!(e.to_string().starts_with("stream aborted by the peer"));
 }
 
@@ -711,7 +838,11 @@ fn an_ack_beyond_what_was_sent_is_a_protocol_error() {
     let t0 = epoch();
     let mut tx = blocked_sender(small_cfg(1000, 8000, 2000), t0);
     let err = tx.handle_ack(9000, t0).unwrap_err();
-    assert!(err.to_string().contains("ACK for offset 9000 is beyond the 8000 bytes sent"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("ACK for offset 9000 is beyond the 8000 bytes sent"),
+        "{err}"
+    );
     assert!(tx.poll_error().is_some());
     tx.handle_ack(100, t0).unwrap(); // late ACKs after the end are ignored
 }
@@ -722,7 +853,10 @@ fn illegal_transitions_are_errors_not_panics() {
     let mut tx = StreamSender::new(1, "c", "t", 1500, small_cfg(1000, 4000, 2000), t0).unwrap();
     let first = tx.next_chunk().unwrap();
     let bogus = ChunkPlan { len: 7, ..first };
-    assert!(matches!(tx.commit_chunk(bogus, t0), Err(StreamError::InvalidState { state: "Sending", .. })));
+    assert!(matches!(
+        tx.commit_chunk(bogus, t0),
+        Err(StreamError::InvalidState { state: "Sending", .. })
+    ));
     let _ = tx.commit_chunk(first, t0).unwrap();
     assert!(tx.commit_chunk(first, t0).is_err(), "a chunk cannot be committed twice");
     let last = tx.next_chunk().unwrap();
@@ -743,10 +877,25 @@ fn illegal_transitions_are_errors_not_panics() {
 fn configs_are_validated_with_the_setting_named() {
     SenderConfig::default().validate().unwrap();
     ReceiverConfig::default().validate().unwrap();
-    let err = SenderConfig { window_size: 4 << 20, ..SenderConfig::default() }.validate().unwrap_err();
+    let err = SenderConfig {
+        window_size: 4 << 20,
+        ..SenderConfig::default()
+    }
+    .validate()
+    .unwrap_err();
     assert_eq!(err.name, "streaming_window_size");
-    let err = StreamSender::new(1, "c", "t", 1, SenderConfig { chunk_size: 0, ..SenderConfig::default() }, epoch())
-        .unwrap_err();
+    let err = StreamSender::new(
+        1,
+        "c",
+        "t",
+        1,
+        SenderConfig {
+            chunk_size: 0,
+            ..SenderConfig::default()
+        },
+        epoch(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("streaming_chunk_size"), "{err}");
 }
 
@@ -762,8 +911,16 @@ fn out_of_order_capacity_follows_nvflare() {
     let mut legacy = chunk(3, 300, 0, false);
     legacy.chunk_size = None;
     legacy.window_size = None;
-    assert_eq!(StreamReceiver::new(&legacy, ReceiverConfig::default(), t0).unwrap().max_out_of_order(), 65);
-    let cfg = ReceiverConfig { max_out_of_order: Some(3), ..ReceiverConfig::default() };
+    assert_eq!(
+        StreamReceiver::new(&legacy, ReceiverConfig::default(), t0)
+            .unwrap()
+            .max_out_of_order(),
+        65
+    );
+    let cfg = ReceiverConfig {
+        max_out_of_order: Some(3),
+        ..ReceiverConfig::default()
+    };
     assert_eq!(StreamReceiver::new(&legacy, cfg, t0).unwrap().max_out_of_order(), 3);
 }
 
@@ -803,10 +960,19 @@ fn chunk_headers_use_nvflare_names_order_and_types() {
     assert_eq!(headers.get(keys::CHANNEL), Some(&Value::Str("server_command".into())));
     let decoded = Headers::decode(headers.encode()).unwrap();
     assert_eq!(ChunkHeader::from_headers(&decoded).unwrap(), h);
-    assert_eq!(DataMessage::from_headers(&decoded).unwrap(), DataMessage::Chunk(h.clone()));
+    assert_eq!(
+        DataMessage::from_headers(&decoded).unwrap(),
+        DataMessage::Chunk(h.clone())
+    );
 
     // A later FINAL chunk carries no sm__ai; app headers already present are kept.
-    let fin = ChunkHeader { data_type: ChunkKind::Final, seq: 9, offset: 9 << 20, ack_interval: None, ..h };
+    let fin = ChunkHeader {
+        data_type: ChunkKind::Final,
+        seq: 9,
+        offset: 9 << 20,
+        ack_interval: None,
+        ..h
+    };
     let mut app = Headers::new();
     app.insert("cn__origin", "site-1");
     app.insert(keys::REQ_ID, "r-1");
@@ -819,7 +985,11 @@ fn chunk_headers_use_nvflare_names_order_and_types() {
 
 #[test]
 fn ack_and_error_headers_round_trip() {
-    let ack = AckHeader { stream_id: 42, offset: 4 << 20, seq: Some(3) };
+    let ack = AckHeader {
+        stream_id: 42,
+        offset: 4 << 20,
+        seq: Some(3),
+    };
     let h = Headers::decode(ack.to_headers().encode()).unwrap();
     assert_eq!(h.get(keys::DATA_TYPE), Some(&Value::Int(3)));
     assert_eq!(AckMessage::from_headers(&h).unwrap(), AckMessage::Ack(ack));
@@ -841,7 +1011,10 @@ fn ack_and_error_headers_round_trip() {
     };
     let h = Headers::decode(err.to_headers().encode()).unwrap();
     assert_eq!(h.get(keys::DATA_TYPE), Some(&Value::Int(6)));
-    assert_eq!(h.get(keys::ERROR_MSG), Some(&Value::Str("No callback is registered for a/b".into())));
+    assert_eq!(
+        h.get(keys::ERROR_MSG),
+        Some(&Value::Str("No callback is registered for a/b".into()))
+    );
     assert_eq!(ErrorHeader::from_headers(&h).unwrap(), err);
     assert_eq!(AckMessage::from_headers(&h).unwrap(), AckMessage::Error(err));
     // Sender errors come on sm__DATA with dt=6, sm__os and sm__em only.
@@ -850,7 +1023,9 @@ fn ack_and_error_headers_round_trip() {
     h.insert(keys::DATA_TYPE, 6);
     h.insert(keys::OFFSET, 1000);
     h.insert(keys::ERROR_MSG, "boom");
-    let DataMessage::Error(e) = DataMessage::from_headers(&h).unwrap() else { panic!() };
+    let DataMessage::Error(e) = DataMessage::from_headers(&h).unwrap() else {
+        panic!()
+    };
     assert_eq!((e.message.as_str(), e.offset, e.error_type), ("boom", Some(1000), None));
 }
 

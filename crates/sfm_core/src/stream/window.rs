@@ -14,7 +14,11 @@ pub struct Window {
 
 impl Window {
     pub fn new(size: u64) -> Self {
-        Window { size, sent: 0, acked: 0 }
+        Window {
+            size,
+            sent: 0,
+            acked: 0,
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -47,7 +51,10 @@ impl Window {
     /// Records `len` bytes handed to the transport. Refuses what does not fit, so the invariant cannot break.
     pub fn on_sent(&mut self, len: u64) -> Result<(), WindowError> {
         if !self.can_send(len) {
-            return Err(WindowError::Full { len, available: self.available() });
+            return Err(WindowError::Full {
+                len,
+                available: self.available(),
+            });
         }
         self.sent = self.sent.checked_add(len).ok_or(WindowError::Overflow)?;
         Ok(())

@@ -53,6 +53,18 @@ pub mod keys {
     pub const PAYLOAD_ENCODING: &str = "sm__pe";
 }
 
+/// A stream message's `sm__*` headers, written into a cell message's headers.
+pub trait StreamHeaders {
+    /// Adds this message's headers to `headers` (an app's headers, for chunks).
+    fn write_to(&self, headers: &mut Headers);
+
+    fn to_headers(&self) -> Headers {
+        let mut headers = Headers::new();
+        self.write_to(&mut headers);
+        headers
+    }
+}
+
 /// `sm__dt` values (RESUME=4 and RESUME_ACK=5 exist in NVFlare but are unused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -122,34 +134,6 @@ impl ChunkHeader {
         self.data_type == ChunkKind::Final
     }
 
-    /// Adds the headers to `headers` (normally the app message's own headers), in NVFlare's order.
-    pub fn write_to(&self, headers: &mut Headers) {
-        headers.insert(keys::CHANNEL, self.channel.as_str());
-        headers.insert(keys::TOPIC, self.topic.as_str());
-        headers.insert(keys::SIZE, self.total_size);
-        headers.insert(keys::STREAM_ID, self.stream_id);
-        headers.insert(keys::DATA_TYPE, self.data_type.data_type().as_i64());
-        headers.insert(keys::SEQUENCE, self.seq);
-        headers.insert(keys::OFFSET, self.offset);
-        headers.insert(keys::RELIABLE, self.reliable);
-        headers.insert(keys::OPTIONAL, self.optional);
-        if let Some(cs) = self.chunk_size {
-            headers.insert(keys::CHUNK_SIZE, cs);
-        }
-        if let Some(ws) = self.window_size {
-            headers.insert(keys::WINDOW_SIZE, ws);
-        }
-        if let Some(ai) = self.ack_interval {
-            headers.insert(keys::ACK_INTERVAL, ai);
-        }
-    }
-
-    pub fn to_headers(&self) -> Headers {
-        let mut headers = Headers::new();
-        self.write_to(&mut headers);
-        headers
-    }
-
     /// Parses and validates the chunk headers of an `sm__DATA` message. An ERROR message (`sm__dt` = 6) is refused
     /// here; use [`DataMessage::from_headers`] to accept both.
     pub fn from_headers(h: &Headers) -> Result<Self, StreamError> {
@@ -181,6 +165,30 @@ impl ChunkHeader {
     }
 }
 
+impl StreamHeaders for ChunkHeader {
+    /// Adds the headers to `headers` (normally the app message's own headers), in NVFlare's order.
+    fn write_to(&self, headers: &mut Headers) {
+        headers.insert(keys::CHANNEL, self.channel.as_str());
+        headers.insert(keys::TOPIC, self.topic.as_str());
+        headers.insert(keys::SIZE, self.total_size);
+        headers.insert(keys::STREAM_ID, self.stream_id);
+        headers.insert(keys::DATA_TYPE, self.data_type.data_type().as_i64());
+        headers.insert(keys::SEQUENCE, self.seq);
+        headers.insert(keys::OFFSET, self.offset);
+        headers.insert(keys::RELIABLE, self.reliable);
+        headers.insert(keys::OPTIONAL, self.optional);
+        if let Some(cs) = self.chunk_size {
+            headers.insert(keys::CHUNK_SIZE, cs);
+        }
+        if let Some(ws) = self.window_size {
+            headers.insert(keys::WINDOW_SIZE, ws);
+        }
+        if let Some(ai) = self.ack_interval {
+            headers.insert(keys::ACK_INTERVAL, ai);
+        }
+    }
+}
+
 /// The headers of an ACK: the receiver has consumed `offset` bytes; `seq` is the last chunk it took in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AckHeader {
@@ -191,21 +199,6 @@ pub struct AckHeader {
 }
 
 impl AckHeader {
-    pub fn write_to(&self, headers: &mut Headers) {
-        headers.insert(keys::STREAM_ID, self.stream_id);
-        headers.insert(keys::DATA_TYPE, StreamDataType::Ack.as_i64());
-        headers.insert(keys::OFFSET, self.offset);
-        if let Some(seq) = self.seq {
-            headers.insert(keys::SEQUENCE, seq);
-        }
-    }
-
-    pub fn to_headers(&self) -> Headers {
-        let mut headers = Headers::new();
-        self.write_to(&mut headers);
-        headers
-    }
-
     /// Parses an ACK; an ACK that carries an error is refused here, see [`AckMessage::from_headers`].
     pub fn from_headers(h: &Headers) -> Result<Self, StreamError> {
         let stream_id = req_u64(h, keys::STREAM_ID)?;
@@ -225,7 +218,22 @@ impl AckHeader {
                 _ => Some(as_u64(keys::SEQUENCE, v)?),
             },
         };
-        Ok(AckHeader { stream_id, offset: req_u64(h, keys::OFFSET)?, seq })
+        Ok(AckHeader {
+            stream_id,
+            offset: req_u64(h, keys::OFFSET)?,
+            seq,
+        })
+    }
+}
+
+impl StreamHeaders for AckHeader {
+    fn write_to(&self, headers: &mut Headers) {
+        headers.insert(keys::STREAM_ID, self.stream_id);
+        headers.insert(keys::DATA_TYPE, StreamDataType::Ack.as_i64());
+        headers.insert(keys::OFFSET, self.offset);
+        if let Some(seq) = self.seq {
+            headers.insert(keys::SEQUENCE, seq);
+        }
     }
 }
 
@@ -257,7 +265,23 @@ impl ErrorHeader {
         }
     }
 
-    pub fn write_to(&self, headers: &mut Headers) {
+    /// Parses an error notice. A missing `sm__em` gets NVFlare's default text.
+    pub fn from_headers(h: &Headers) -> Result<Self, StreamError> {
+        Ok(ErrorHeader {
+            stream_id: req_u64(h, keys::STREAM_ID)?,
+            message: opt_str(h, keys::ERROR_MSG)?
+                .unwrap_or("stream rejected by receiver")
+                .to_owned(),
+            error_type: opt_str(h, keys::ERROR_TYPE)?.map(str::to_owned),
+            offset: opt_u64(h, keys::OFFSET)?,
+            channel: opt_str(h, keys::CHANNEL)?.map(str::to_owned),
+            topic: opt_str(h, keys::TOPIC)?.map(str::to_owned),
+        })
+    }
+}
+
+impl StreamHeaders for ErrorHeader {
+    fn write_to(&self, headers: &mut Headers) {
         headers.insert(keys::STREAM_ID, self.stream_id);
         headers.insert(keys::DATA_TYPE, StreamDataType::Error.as_i64());
         if let Some(os) = self.offset {
@@ -273,24 +297,6 @@ impl ErrorHeader {
         if let Some(tp) = &self.topic {
             headers.insert(keys::TOPIC, tp.as_str());
         }
-    }
-
-    pub fn to_headers(&self) -> Headers {
-        let mut headers = Headers::new();
-        self.write_to(&mut headers);
-        headers
-    }
-
-    /// Parses an error notice. A missing `sm__em` gets NVFlare's default text.
-    pub fn from_headers(h: &Headers) -> Result<Self, StreamError> {
-        Ok(ErrorHeader {
-            stream_id: req_u64(h, keys::STREAM_ID)?,
-            message: opt_str(h, keys::ERROR_MSG)?.unwrap_or("stream rejected by receiver").to_owned(),
-            error_type: opt_str(h, keys::ERROR_TYPE)?.map(str::to_owned),
-            offset: opt_u64(h, keys::OFFSET)?,
-            channel: opt_str(h, keys::CHANNEL)?.map(str::to_owned),
-            topic: opt_str(h, keys::TOPIC)?.map(str::to_owned),
-        })
     }
 }
 
@@ -343,7 +349,9 @@ pub struct StreamIdGen {
 
 impl StreamIdGen {
     pub fn new(base: u64) -> Self {
-        StreamIdGen { next: AtomicU64::new(base) }
+        StreamIdGen {
+            next: AtomicU64::new(base),
+        }
     }
 
     /// The next id. Ids stay below 2^63 (so they encode as msgpack ints Python reads back unchanged) by wrapping.
@@ -360,8 +368,12 @@ fn as_u64(key: &str, v: &Value) -> Result<u64, StreamError> {
     match v {
         Value::Int(i) if *i >= 0 => Ok(*i as u64),
         Value::UInt(u) => Ok(*u),
-        Value::Int(i) => Err(StreamError::Protocol(format!("header {key} is {i}, expected a non-negative integer"))),
-        other => Err(StreamError::Protocol(format!("header {key} is {other:?}, expected an integer"))),
+        Value::Int(i) => Err(StreamError::Protocol(format!(
+            "header {key} is {i}, expected a non-negative integer"
+        ))),
+        other => Err(StreamError::Protocol(format!(
+            "header {key} is {other:?}, expected an integer"
+        ))),
     }
 }
 
@@ -378,7 +390,9 @@ fn req_u64(h: &Headers, key: &str) -> Result<u64, StreamError> {
 
 fn opt_positive(h: &Headers, key: &str) -> Result<Option<u64>, StreamError> {
     match opt_u64(h, key)? {
-        Some(0) => Err(StreamError::Protocol(format!("header {key} is 0, expected a positive size"))),
+        Some(0) => Err(StreamError::Protocol(format!(
+            "header {key} is 0, expected a positive size"
+        ))),
         other => Ok(other),
     }
 }
@@ -387,7 +401,9 @@ fn opt_str<'a>(h: &'a Headers, key: &str) -> Result<Option<&'a str>, StreamError
     match h.get(key) {
         None | Some(Value::Nil) => Ok(None),
         Some(Value::Str(s)) => Ok(Some(s)),
-        Some(other) => Err(StreamError::Protocol(format!("header {key} is {other:?}, expected a string"))),
+        Some(other) => Err(StreamError::Protocol(format!(
+            "header {key} is {other:?}, expected a string"
+        ))),
     }
 }
 
@@ -399,6 +415,8 @@ fn opt_bool(h: &Headers, key: &str) -> Result<Option<bool>, StreamError> {
     match h.get(key) {
         None | Some(Value::Nil) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(StreamError::Protocol(format!("header {key} is {other:?}, expected a bool"))),
+        Some(other) => Err(StreamError::Protocol(format!(
+            "header {key} is {other:?}, expected a bool"
+        ))),
     }
 }

@@ -79,7 +79,11 @@ pub fn serve_echo(cell: &Cell) {
                 .headers
                 .get("cn__route")
                 .and_then(Value::as_array)
-                .map(|hops| hops.iter().filter_map(|h| h.as_array().and_then(|h| h.first()).cloned()).collect())
+                .map(|hops| {
+                    hops.iter()
+                        .filter_map(|h| h.as_array().and_then(|h| h.first()).cloned())
+                        .collect()
+                })
                 .unwrap_or_default();
             let mut headers = Headers::new();
             headers.insert(ANSWERED_BY, me.as_str());
@@ -160,13 +164,20 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub fn new(stream: TcpStream) -> Self {
-        RawPeer { stream, buf: BytesMut::new(), codec: FrameCodec::new(usize::MAX >> 1), seq: 0 }
+        RawPeer {
+            stream,
+            buf: BytesMut::new(),
+            codec: FrameCodec::new(usize::MAX >> 1),
+            seq: 0,
+        }
     }
 
     /// Dials `url` (`tcp://host:port`), sends HELLO as `name` and waits for READY.
     pub async fn dial(url: &str, name: &str) -> (RawPeer, Frame) {
         let addr = url.trim_start_matches("tcp://").to_string();
-        let stream = within(Duration::from_secs(5), "raw connect", TcpStream::connect(addr)).await.expect("connect");
+        let stream = within(Duration::from_secs(5), "raw connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
         let mut peer = RawPeer::new(stream);
         peer.send(handshake_frame(FrameType::Hello, name)).await;
         let ready = peer.read_frame(Duration::from_secs(5)).await.expect("READY");
@@ -183,7 +194,9 @@ impl RawPeer {
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        within(Duration::from_secs(5), "raw write", self.stream.write_all(bytes)).await.expect("raw write");
+        within(Duration::from_secs(5), "raw write", self.stream.write_all(bytes))
+            .await
+            .expect("raw write");
     }
 
     /// The next frame, or `None` at end of stream. Panics after `limit`.
@@ -249,15 +262,29 @@ pub async fn conn_pair(config: &CommConfig, local: &str, remote: &str) -> ConnPa
     let url = format!("tcp://{}", listener.local_addr().unwrap());
     let (frames_tx, frames) = mpsc::unbounded_channel();
     let (closes_tx, closes) = mpsc::unbounded_channel();
-    let sink: Arc<dyn FrameSink> = Arc::new(TestSink { frames: frames_tx, closes: closes_tx });
-    let local = LocalEndpoint { name: local.to_string(), properties: Headers::new() };
+    let sink: Arc<dyn FrameSink> = Arc::new(TestSink {
+        frames: frames_tx,
+        closes: closes_tx,
+    });
+    let local = LocalEndpoint {
+        name: local.to_string(),
+        properties: Headers::new(),
+    };
     let config = config.clone();
     let accept = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
         Connection::establish(stream, Side::Passive, &local, &config, sink).await
     });
     let (raw, _ready) = RawPeer::dial(&url, remote).await;
-    let conn = within(Duration::from_secs(5), "establish", accept).await.unwrap().expect("establish");
+    let conn = within(Duration::from_secs(5), "establish", accept)
+        .await
+        .unwrap()
+        .expect("establish");
     assert_eq!(conn.peer_name(), remote);
-    ConnPair { conn, raw, frames, closes }
+    ConnPair {
+        conn,
+        raw,
+        frames,
+        closes,
+    }
 }

@@ -137,13 +137,7 @@ fn put_negative(i: i64, dst: &mut impl BufMut) {
 
 /// Writes a length header: the fix form `(base, max)` if it has one and `len`
 /// fits, then the 8-bit form if the type has one, then 16 and 32 bits.
-fn put_len(
-    len: usize,
-    fix: Option<(u8, usize)>,
-    m8: Option<u8>,
-    [m16, m32]: [u8; 2],
-    dst: &mut impl BufMut,
-) {
+fn put_len(len: usize, fix: Option<(u8, usize)>, m8: Option<u8>, [m16, m32]: [u8; 2], dst: &mut impl BufMut) {
     match (fix, m8) {
         (Some((base, max)), _) if len <= max => dst.put_u8(base | len as u8),
         (_, Some(m8)) if len <= 0xff => {
@@ -380,14 +374,8 @@ mod tests {
         let s300 = "x".repeat(300);
         assert_eq!(enc(&Value::from(s300.as_str()))[..3], [0xda, 0x01, 0x2c]);
         let s70k = "x".repeat(70_000);
-        assert_eq!(
-            enc(&Value::from(s70k.as_str()))[..5],
-            [0xdb, 0, 1, 0x11, 0x70]
-        );
-        check(
-            Value::Bin(Bytes::from_static(b"ab")),
-            &[0xc4, 0x02, b'a', b'b'],
-        );
+        assert_eq!(enc(&Value::from(s70k.as_str()))[..5], [0xdb, 0, 1, 0x11, 0x70]);
+        check(Value::Bin(Bytes::from_static(b"ab")), &[0xc4, 0x02, b'a', b'b']);
         let b300 = Bytes::from(vec![7u8; 300]);
         assert_eq!(enc(&Value::Bin(b300))[..3], [0xc5, 0x01, 0x2c]);
     }
@@ -397,10 +385,7 @@ mod tests {
         let map = Value::Map(vec![(Value::from("a"), Value::Int(1))]);
         check(map, &[0x81, 0xa1, 0x61, 0x01]);
         check(Value::Array(vec![]), &[0x90]);
-        check(
-            Value::Array(vec![Value::Nil; 15]),
-            &[&[0x9f][..], &[0xc0; 15]].concat(),
-        );
+        check(Value::Array(vec![Value::Nil; 15]), &[&[0x9f][..], &[0xc0; 15]].concat());
         let a16 = enc(&Value::Array(vec![Value::Nil; 16]));
         assert_eq!(a16[..3], [0xdc, 0x00, 0x10]);
         let m16 = enc(&Value::Map(vec![(Value::Nil, Value::Nil); 16]));
@@ -409,10 +394,7 @@ mod tests {
             Value::Ext(-1, Bytes::from_static(&[1, 2, 3, 4])),
             &[0xd6, 0xff, 1, 2, 3, 4],
         );
-        check(
-            Value::Ext(5, Bytes::from_static(&[9; 3])),
-            &[0xc7, 0x03, 0x05, 9, 9, 9],
-        );
+        check(Value::Ext(5, Bytes::from_static(&[9; 3])), &[0xc7, 0x03, 0x05, 9, 9, 9]);
         check(Value::Ext(5, Bytes::new()), &[0xc7, 0x00, 0x05]);
     }
 
@@ -420,16 +402,10 @@ mod tests {
     fn decodes_non_minimal_forms() {
         assert_eq!(dec(&[0xcc, 0x01]), Ok(Value::Int(1)));
         assert_eq!(dec(&[0xd3, 0, 0, 0, 0, 0, 0, 0, 2]), Ok(Value::Int(2)));
-        assert_eq!(
-            dec(&[0xdd, 0, 0, 0, 1, 0xc0]),
-            Ok(Value::Array(vec![Value::Nil]))
-        );
+        assert_eq!(dec(&[0xdd, 0, 0, 0, 1, 0xc0]), Ok(Value::Array(vec![Value::Nil])));
         assert_eq!(dec(&[0xdf, 0, 0, 0, 0]), Ok(Value::Map(vec![])));
         assert_eq!(dec(&[0xdb, 0, 0, 0, 1, b'z']), Ok(Value::from("z")));
-        assert_eq!(
-            dec(&[0xc6, 0, 0, 0, 1, 8]),
-            Ok(Value::Bin(Bytes::from_static(&[8])))
-        );
+        assert_eq!(dec(&[0xc6, 0, 0, 0, 1, 8]), Ok(Value::Bin(Bytes::from_static(&[8]))));
         assert_eq!(
             dec(&[0xc9, 0, 0, 0, 1, 2, 8]),
             Ok(Value::Ext(2, Bytes::from_static(&[8])))
@@ -447,13 +423,7 @@ mod tests {
 
     #[test]
     fn hostile_input_is_refused() {
-        assert_eq!(
-            dec(&[]),
-            Err(MsgpackError::Truncated {
-                offset: 0,
-                needed: 1
-            })
-        );
+        assert_eq!(dec(&[]), Err(MsgpackError::Truncated { offset: 0, needed: 1 }));
         assert_eq!(dec(&[0xc1]), Err(MsgpackError::ReservedMarker(0)));
         assert_eq!(dec(&[0xc0, 0xc0]), Err(MsgpackError::Trailing(1)));
         assert_eq!(dec(&[0xa2, 0xff, 0xfe]), Err(MsgpackError::InvalidUtf8(1)));
@@ -479,10 +449,7 @@ mod tests {
         assert!(dec(&ok_depth).is_ok());
         assert_eq!(
             dec(&[0xcd, 0x01]),
-            Err(MsgpackError::Truncated {
-                offset: 1,
-                needed: 1
-            })
+            Err(MsgpackError::Truncated { offset: 1, needed: 1 })
         );
     }
 }

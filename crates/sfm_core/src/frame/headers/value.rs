@@ -176,9 +176,7 @@ mod tests {
         let arr = Value::from(vec![Value::Nil]);
         assert_eq!(arr.as_array(), Some(&[Value::Nil][..]));
         assert_eq!(
-            Value::from(Bytes::from_static(b"b"))
-                .as_bytes()
-                .map(|b| &b[..]),
+            Value::from(Bytes::from_static(b"b")).as_bytes().map(|b| &b[..]),
             Some(&b"b"[..])
         );
     }
