@@ -36,6 +36,7 @@ run: build
 test: build test-rust test-python
 
 test-rust:
+	cargo fmt --all --check
 	timeout 1200 cargo test --workspace --release
 	cargo run --quiet --release -p embed-rust
 
