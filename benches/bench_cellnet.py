@@ -25,7 +25,6 @@ message is one frame, so expect about one message size on the receiving side of 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -354,15 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     print_sections(secs)
     print(f"\n(bench_cellnet took {elapsed:.1f} s)")
     if args.json:
-        doc = {
-            "bench": "bench_cellnet",
-            "title": "Cellnet between two processes vs raw TCP loopback",
-            "command": "benches/bench_cellnet.py " + " ".join(sys.argv[1:]),
-            "elapsed_s": elapsed,
-            "sections": secs,
-            "results": results,
-        }
-        args.json.write_text(json.dumps(doc, indent=1))
+        title = "Cellnet between two processes vs raw TCP loopback"
+        harness.write_report(args.json, "bench_cellnet", title, elapsed, secs, results)
 
 
 if __name__ == "__main__":

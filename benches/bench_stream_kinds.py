@@ -26,11 +26,9 @@ until the sender's call returns if that is later. Memory: each process's peak RS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -46,11 +44,7 @@ SENDER = "site-1"
 GIB = 1 << 30
 CHUNK = MIB
 
-_T0 = time.monotonic()
-
-
-def log(msg: str) -> None:
-    print(f"[bench_stream_kinds {time.monotonic() - _T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
+log = harness.bench_logger("bench_stream_kinds")
 
 
 def _settings():
@@ -410,16 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         for r in results.values():
             r.pop("paths", None)
-        doc = {
-            "bench": "bench_stream_kinds",
-            "title": "Streaming kinds: files, containers and regular messages between two processes",
-            "command": "benches/bench_stream_kinds.py " + " ".join(sys.argv[1:]),
-            "how_to_read": HOW_TO_READ,
-            "elapsed_s": elapsed,
-            "sections": secs,
-            "results": results,
-        }
-        args.json.write_text(json.dumps(doc, indent=1))
+        title = "Streaming kinds: files, containers and regular messages between two processes"
+        harness.write_report(args.json, "bench_stream_kinds", title, elapsed, secs, results, how_to_read=HOW_TO_READ)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import resource
 import statistics
-import sys
 import threading
 import time
 import zlib
@@ -56,11 +54,7 @@ GIB = 1 << 30
 TAIL_S = 1.0  # round trips timed after the last send_blob returned
 
 
-_T0 = time.monotonic()
-
-
-def log(msg: str) -> None:
-    print(f"[bench_streams {time.monotonic() - _T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
+log = harness.bench_logger("bench_streams")
 
 
 def _settings():
@@ -747,16 +741,7 @@ def main(argv: list[str] | None = None) -> None:
     print_sections(secs)
     print(f"\n(bench_streams took {elapsed:.1f} s)")
     if args.json:
-        doc = {
-            "bench": "bench_streams",
-            "title": title,
-            "command": "benches/bench_streams.py " + " ".join(sys.argv[1:]),
-            "how_to_read": HOW_TO_READ,
-            "elapsed_s": elapsed,
-            "sections": secs,
-            "results": results,
-        }
-        args.json.write_text(json.dumps(doc, indent=1))
+        harness.write_report(args.json, "bench_streams", title, elapsed, secs, results, how_to_read=HOW_TO_READ)
 
 
 if __name__ == "__main__":

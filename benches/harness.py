@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -633,3 +633,20 @@ def print_sections(sections: list[dict[str, Any]]) -> None:
         print(markdown_table(s["headers"], s["rows"], digits=s.get("digits", 1)))
         for note in s["notes"]:
             print(f"\n{note}")
+
+
+def bench_logger(name: str) -> Callable[[str], None]:
+    """A progress logger for a bench: stderr lines stamped with seconds since the bench started."""
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{name} {time.monotonic() - started:5.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def write_report(path: Path, bench: str, title: str, elapsed: float, sections: list, results: Any, **extra: Any) -> None:
+    """Writes a bench's machine-readable report (what run_all reads back)."""
+    doc = {"bench": bench, "title": title, "command": f"benches/{bench}.py " + " ".join(sys.argv[1:]), **extra,
+           "elapsed_s": elapsed, "sections": sections, "results": results}
+    path.write_text(json.dumps(doc, indent=1))
