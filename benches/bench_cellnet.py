@@ -86,11 +86,7 @@ def run_server(args: argparse.Namespace) -> None:
 
 
 def run_client(args: argparse.Namespace) -> None:
-    from flare.cellnet import Cell
-
-    cell = Cell(CLIENT, parent_url=args.url, settings=_settings(args)).start()
-    if not cell.wait_for_peer(SERVER, timeout=args.timeout):
-        raise SystemExit(f"{SERVER!r} not reachable within {args.timeout}s")
+    cell = harness.join_cell(CLIENT, args.url, SERVER, args.timeout, settings=_settings(args))
     topic = "sink" if args.mode == "upload" else "echo"
     payload = bytes(range(256)) * (args.nbytes // 256) + bytes(args.nbytes % 256)  # touched before the baseline
     cell.request(SERVER, CHANNEL, "echo", b"warm-up", timeout=args.timeout).raise_for_status()

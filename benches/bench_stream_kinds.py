@@ -47,12 +47,6 @@ CHUNK = MIB
 log = harness.bench_logger("bench_stream_kinds")
 
 
-def _settings():
-    from flare.config import CommSettings
-
-    return CommSettings.from_env()
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # flare peers
 
@@ -70,7 +64,7 @@ def run_receiver(args: argparse.Namespace) -> None:
             got.append(entry)
             arrived.notify_all()
 
-    cell = Cell(RECEIVER, listen="tcp://127.0.0.1:0", settings=_settings()).start()
+    cell = Cell(RECEIVER, listen="tcp://127.0.0.1:0").start()
     cell.register_request_cb(CHANNEL, "echo", lambda request: request.payload)
     if args.case == "file":
         FileStreamer(cell).register_receiver(
@@ -105,12 +99,9 @@ def run_receiver(args: argparse.Namespace) -> None:
 
 
 def run_sender(args: argparse.Namespace) -> None:
-    from flare.cellnet import Cell
     from flare.streaming import ContainerStreamer, FileStreamer
 
-    cell = Cell(SENDER, parent_url=args.url, settings=_settings()).start()
-    if not cell.wait_for_peer(RECEIVER, timeout=args.timeout):
-        raise SystemExit(f"{RECEIVER!r} not reachable within {args.timeout}s")
+    cell = harness.join_cell(SENDER, args.url, RECEIVER, args.timeout)
     container = payload = None
     if args.case == "container":  # allocated and touched before the baseline: the application already holds it
         container = {f"layer{i:02d}": harness.pattern_bytes(args.nbytes // args.items) for i in range(args.items)}

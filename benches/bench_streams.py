@@ -57,12 +57,6 @@ TAIL_S = 1.0  # round trips timed after the last send_blob returned
 log = harness.bench_logger("bench_streams")
 
 
-def _settings():
-    from flare.config import CommSettings
-
-    return CommSettings.from_env()
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Peers
 
@@ -91,7 +85,7 @@ def run_receiver(args: argparse.Namespace) -> None:
             blobs.append({"t": t, "nbytes": n, "crc": crc})
             arrived.notify_all()
 
-    cell = Cell(RECEIVER, listen="tcp://127.0.0.1:0", settings=_settings()).start()
+    cell = Cell(RECEIVER, listen="tcp://127.0.0.1:0").start()
     cell.register_blob_cb(CHANNEL, "blob", on_blob)
     cell.register_request_cb(CHANNEL, "echo", lambda request: request.payload)
     mem = harness.PeakMemory()
@@ -111,11 +105,9 @@ def run_receiver(args: argparse.Namespace) -> None:
 
 
 def run_sender(args: argparse.Namespace) -> None:
-    from flare.cellnet import Cell, ReturnCode
+    from flare.cellnet import ReturnCode
 
-    cell = Cell(SENDER, parent_url=args.url, settings=_settings()).start()
-    if not cell.wait_for_peer(RECEIVER, timeout=args.timeout):
-        raise SystemExit(f"{RECEIVER!r} not reachable within {args.timeout}s")
+    cell = harness.join_cell(SENDER, args.url, RECEIVER, args.timeout)
     payload = harness.pattern_bytes(args.nbytes)  # allocated and touched before the baseline
     small = b"x" * RTT_BYTES
     for _ in range(200 if args.mode == "hol" else 3):  # warm-up: connection, handlers, callback pool
@@ -480,7 +472,9 @@ def run_hol(nbytes: int, blobs: int, rtt_n: int, timeout: float, settle: Settle,
 
 
 def _window_mib() -> tuple[float, float]:
-    s = _settings()
+    from flare.config import CommSettings
+
+    s = CommSettings.from_env()
     return s.streaming_window_size / MIB, s.streaming_chunk_size / MIB
 
 

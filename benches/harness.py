@@ -650,3 +650,13 @@ def write_report(path: Path, bench: str, title: str, elapsed: float, sections: l
     doc = {"bench": bench, "title": title, "command": f"benches/{bench}.py " + " ".join(sys.argv[1:]), **extra,
            "elapsed_s": elapsed, "sections": sections, "results": results}
     path.write_text(json.dumps(doc, indent=1))
+
+
+def join_cell(name: str, parent_url: str, target: str, timeout: float, settings: Any = None) -> Any:
+    """A started cell connected to ``parent_url`` that can reach ``target``; exits the peer if it cannot in time."""
+    from flare.cellnet import Cell
+
+    cell = Cell(name, parent_url=parent_url, settings=settings).start()
+    if not cell.wait_for_peer(target, timeout=timeout):
+        raise SystemExit(f"{target!r} not reachable within {timeout}s")
+    return cell

@@ -41,13 +41,9 @@ fn black_hole(cell: &Cell) -> mpsc::UnboundedReceiver<Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_leaf_goes_down_and_its_route_disappears() {
     let cfg = fast_config();
-    let server = Cell::new("server", cfg.clone()).unwrap();
-    let server_url = listen(&server).await;
-    let relay = Cell::new("relay-1", cfg.clone()).unwrap();
-    let relay_url = listen(&relay).await;
-    relay.connect(&server_url).unwrap();
+    let (server, relay, relay_url) = server_and_relay(&cfg).await;
     let site1 = Cell::new("site-1", cfg.clone()).unwrap();
-    site1.connect(&server_url).unwrap();
+    site1.connect(&server.listen_urls()[0].to_string()).unwrap();
     let site2 = Cell::new("site-2", cfg.clone()).unwrap();
     site2.connect(&relay_url).unwrap();
     let mut events = peer_events(&server);
@@ -307,36 +303,8 @@ async fn pending_requests_fail_fast_when_the_connection_drops() {
     let timeout = Duration::from_secs(20);
 
     // The server waits on site-1, and site-1 on the server.
-    let from_server = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .request(
-                    "site-1",
-                    "test",
-                    "black_hole",
-                    Headers::new(),
-                    Bytes::from_static(b"s"),
-                    timeout,
-                )
-                .await
-        })
-    };
-    let from_site = {
-        let site1 = site1.clone();
-        tokio::spawn(async move {
-            site1
-                .request(
-                    "server",
-                    "test",
-                    "black_hole",
-                    Headers::new(),
-                    Bytes::from_static(b"c"),
-                    timeout,
-                )
-                .await
-        })
-    };
+    let from_server = spawn_request(&server, "site-1", "black_hole", Bytes::from_static(b"s"), timeout);
+    let from_site = spawn_request(&site1, "server", "black_hole", Bytes::from_static(b"c"), timeout);
     within(T, "site-1 to get the request", site_hole.recv()).await.unwrap();
     within(T, "the server to get the request", server_hole.recv())
         .await
@@ -367,24 +335,13 @@ enum Lost {
 
 async fn pending_request_through_a_relay_fails_fast(lost: Lost) {
     let cfg = fast_config();
-    let server = Cell::new("server", cfg.clone()).unwrap();
-    let server_url = listen(&server).await;
-    let relay = Cell::new("relay-1", cfg.clone()).unwrap();
-    let relay_url = listen(&relay).await;
-    relay.connect(&server_url).unwrap();
+    let (server, relay, relay_url) = server_and_relay(&cfg).await;
     let site2 = Cell::new("site-2", cfg.clone()).unwrap();
     let mut hole = black_hole(&site2);
     site2.connect(&relay_url).unwrap();
     wait_peers(&server, &["site-2"]).await;
     let timeout = Duration::from_secs(20);
-    let pending = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .request("site-2", "test", "black_hole", Headers::new(), Bytes::new(), timeout)
-                .await
-        })
-    };
+    let pending = spawn_request(&server, "site-2", "black_hole", Bytes::new(), timeout);
     within(T, "site-2 to get the request", hole.recv()).await.unwrap();
 
     let dropped = Instant::now();

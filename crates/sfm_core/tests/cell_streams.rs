@@ -100,11 +100,7 @@ async fn a_blob_without_handler_fails_the_sender_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_requests_and_replies_travel_as_streams_through_a_relay() {
     let cfg = fast_config();
-    let server = Cell::new("server", cfg.clone()).unwrap();
-    let server_url = listen(&server).await;
-    let relay = Cell::new("relay-1", cfg.clone()).unwrap();
-    let relay_url = listen(&relay).await;
-    relay.connect(&server_url).unwrap();
+    let (server, relay, relay_url) = server_and_relay(&cfg).await;
     let leaves: Vec<Cell> = ["site-1", "site-2"]
         .iter()
         .map(|n| Cell::new(n, cfg.clone()).unwrap())

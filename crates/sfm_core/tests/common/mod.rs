@@ -46,6 +46,31 @@ pub async fn listen(cell: &Cell) -> String {
     cell.listen(ANY_PORT).await.expect("listen").to_string()
 }
 
+/// A listening `server` and a `relay-1` that listens and is connected to it; returns both and the relay's URL.
+pub async fn server_and_relay(cfg: &CommConfig) -> (Cell, Cell, String) {
+    let server = Cell::new("server", cfg.clone()).unwrap();
+    let server_url = listen(&server).await;
+    let relay = Cell::new("relay-1", cfg.clone()).unwrap();
+    let relay_url = listen(&relay).await;
+    relay.connect(&server_url).unwrap();
+    (server, relay, relay_url)
+}
+
+/// Starts `from.request(target, "test", topic, payload)` in the background (for requests a test expects to fail).
+pub fn spawn_request(
+    from: &Cell,
+    target: &str,
+    topic: &'static str,
+    payload: Bytes,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Message> {
+    let (from, target) = (from.clone(), target.to_string());
+    tokio::spawn(async move {
+        from.request(&target, "test", topic, Headers::new(), payload, timeout)
+            .await
+    })
+}
+
 /// Waits until `cell` can route to each of `targets` without its parent.
 pub async fn wait_peers(cell: &Cell, targets: &[&str]) {
     for t in targets {
