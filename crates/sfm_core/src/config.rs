@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::download::DownloadConfig;
 use crate::frame::DEFAULT_MAX_FRAME_SIZE;
 use crate::stream::{ReceiverConfig, SenderConfig};
 
@@ -54,6 +55,9 @@ pub struct CommConfig {
     /// Close the connection a stalled stream was using (`sfm_close_stalled_connection`, default false, as
     /// NVFlare): its pending sends fail with a stall error and a child reconnects.
     pub close_stalled_connection: bool,
+    /// Pull downloads served and made by this cell: chunk size, cache budget, transaction and request timeouts,
+    /// retries.
+    pub download: DownloadConfig,
 }
 
 impl Default for CommConfig {
@@ -76,6 +80,7 @@ impl Default for CommConfig {
             stream_sender: SenderConfig::default(),
             stream_receiver: ReceiverConfig::default(),
             close_stalled_connection: false,
+            download: DownloadConfig::default(),
         }
     }
 }
@@ -137,6 +142,7 @@ impl CommConfig {
         }
         self.stream_sender.validate()?;
         self.stream_receiver.validate()?;
+        self.download.validate()?;
         if self.stream_sender.chunk_size.saturating_add(FRAME_OVERHEAD as u64) > self.max_frame_size as u64 {
             return Err(ConfigError {
                 name: "streaming_chunk_size",

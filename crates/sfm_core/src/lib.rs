@@ -6,6 +6,7 @@
 pub mod cell;
 pub mod config;
 pub mod conn;
+pub mod download;
 pub mod driver;
 pub mod frame;
 pub mod stream;

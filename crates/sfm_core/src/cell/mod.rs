@@ -87,6 +87,11 @@ impl Responder {
         self.send(reply);
     }
 
+    /// Answers nothing, so the requester waits for its timeout: fault injection for tests of retry paths.
+    pub fn discard(mut self) {
+        self.request_headers.take();
+    }
+
     fn send(&mut self, reply: Message) {
         let (Some(request_headers), Some(cell)) = (self.request_headers.take(), self.cell.upgrade()) else {
             return;
