@@ -6,7 +6,18 @@ from collections.abc import Callable
 from typing import Any, final
 
 __version__: str
-__all__ = ["Cell", "Payload", "StreamReader", "__version__", "configure_runtime", "default_comm_config"]
+__all__ = [
+    "AbortSignal",
+    "Cell",
+    "DownloadReader",
+    "DownloadService",
+    "Payload",
+    "StreamReader",
+    "__version__",
+    "configure_runtime",
+    "default_comm_config",
+    "download",
+]
 
 _HeadersDict = dict[str, Any]
 
@@ -105,6 +116,84 @@ class Cell:
     def reachable(self) -> list[str]: ...
     def wait_for_peer(self, name: str, timeout: float) -> bool: ...
     def close(self) -> None: ...
+
+@final
+class AbortSignal:
+    """Stops the downloads it was given to, at once, from any thread."""
+
+    def __new__(cls) -> AbortSignal: ...
+    def trigger(self) -> None: ...
+    def reset(self) -> None: ...
+    @property
+    def triggered(self) -> bool: ...
+
+@final
+class DownloadService:
+    """The owner side of a cell's downloads; every instance for one cell is the same service."""
+
+    def __new__(cls, cell: Cell) -> DownloadService: ...
+    def new_transaction(
+        self,
+        timeout: float | None = None,
+        num_receivers: int = 0,
+        tx_id: str | None = None,
+        on_receiver: Callable[[str, str, str, str, str], None] | None = None,
+        on_done: Callable[[str, str, list[str], list[tuple[str, str, str, str]]], None] | None = None,
+    ) -> str: ...
+    def add_bytes(self, tx_id: str, data: Any, chunk_size: int | None = None, ref_id: str | None = None) -> str: ...
+    def add_file(
+        self, tx_id: str, path: str | os.PathLike[str], chunk_size: int | None = None, ref_id: str | None = None
+    ) -> str: ...
+    def add_items(
+        self,
+        tx_id: str,
+        produce: Callable[[int], Any],
+        count: int,
+        max_chunk_size: int | None = None,
+        ref_id: str | None = None,
+    ) -> str: ...
+    def delete_transaction(self, tx_id: str) -> bool: ...
+    def transaction_info(self, tx_id: str) -> dict[str, Any] | None: ...
+    @property
+    def cache_used(self) -> int: ...
+    @property
+    def live_sources(self) -> int: ...
+
+@final
+class DownloadReader:
+    """One reference pulled piece by piece, in order."""
+
+    def __new__(
+        cls,
+        cell: Cell,
+        owner: str,
+        ref_id: str,
+        per_request_timeout: float | None = None,
+        max_retries: int | None = None,
+        max_inflight: int | None = None,
+        abort: AbortSignal | None = None,
+        capacity: int = 4,
+    ) -> DownloadReader: ...
+    @property
+    def total_size(self) -> int | None: ...
+    def read(self) -> Payload | list[Payload] | None: ...
+    def __iter__(self) -> DownloadReader: ...
+    def __next__(self) -> Payload | list[Payload]: ...
+    def close(self) -> None: ...
+
+def download(
+    cell: Cell,
+    owner: str,
+    ref_id: str,
+    path: str | os.PathLike[str] | None = None,
+    per_request_timeout: float | None = None,
+    max_retries: int | None = None,
+    max_inflight: int | None = None,
+    abort: AbortSignal | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    progress_interval: float = 1.0,
+) -> tuple[Payload | None, list[Payload], dict[str, Any]]:
+    """Pulls one reference into memory or into the file at `path`."""
 
 def configure_runtime(worker_threads: int) -> None:
     """Sets the number of transport threads, before the first cell of the process starts."""

@@ -73,6 +73,29 @@ class CommSettings:
         Largest stream accepted (default: no limit of our own).
     streaming_max_out_seq_chunks:
         Out-of-order chunks buffered per stream (default 0: derived from the sender's window, as NVFlare).
+    download_chunk_size:
+        Bytes per reply when this cell serves a file or buffer for download (default 5 MiB, NVFlare's file chunk).
+    download_cache_budget:
+        Most bytes of produced chunks an owner keeps for further receivers (default 256 MiB); past it the least
+        recently used go, and are produced again if asked for.
+    download_cache_ttl:
+        A cached chunk nobody asked for in this long is dropped (default 60).
+    min_download_timeout:
+        Idle time after which a download transaction nobody pulls from ends with status "timeout", unless the
+        owner gave a timeout of its own (default 300).
+    download_receiver_idle_timeout:
+        A receiver that stopped pulling for this long is marked failed and its state on the owner freed (default
+        300); a receiver whose connection drops is freed at once.
+    streaming_per_request_timeout:
+        Longest a receiver waits for one download reply (default 600, as NVFlare).
+    download_max_retries:
+        Retries of a download request that timed out (default 3).
+    download_retry_backoff, download_retry_max_backoff:
+        Wait before the first retry, doubling on each further one up to the maximum (defaults 2 and 60).
+    download_max_inflight:
+        Requests a receiver keeps in flight for one file or buffer (default 4).
+    download_fault_drop_every:
+        Test-only fault injection: an owner drops every n-th download reply (default 0: never).
     callback_pool_size:
         Threads that run this cell's Python callbacks (default 8).
     """
@@ -101,6 +124,17 @@ class CommSettings:
     streaming_read_timeout: float = _CORE_DEFAULTS["streaming_read_timeout"]
     streaming_max_blob_size: int = _CORE_DEFAULTS["streaming_max_blob_size"]
     streaming_max_out_seq_chunks: int = _CORE_DEFAULTS["streaming_max_out_seq_chunks"]
+    download_chunk_size: int = _CORE_DEFAULTS["download_chunk_size"]
+    download_cache_budget: int = _CORE_DEFAULTS["download_cache_budget"]
+    download_cache_ttl: float = _CORE_DEFAULTS["download_cache_ttl"]
+    min_download_timeout: float = _CORE_DEFAULTS["min_download_timeout"]
+    download_receiver_idle_timeout: float = _CORE_DEFAULTS["download_receiver_idle_timeout"]
+    streaming_per_request_timeout: float = _CORE_DEFAULTS["streaming_per_request_timeout"]
+    download_max_retries: int = _CORE_DEFAULTS["download_max_retries"]
+    download_retry_backoff: float = _CORE_DEFAULTS["download_retry_backoff"]
+    download_retry_max_backoff: float = _CORE_DEFAULTS["download_retry_max_backoff"]
+    download_max_inflight: int = _CORE_DEFAULTS["download_max_inflight"]
+    download_fault_drop_every: int = _CORE_DEFAULTS["download_fault_drop_every"]
     callback_pool_size: int = 8
 
     @classmethod

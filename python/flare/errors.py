@@ -25,6 +25,14 @@ class ProtocolError(TransportError):
     """The peer sent something that breaks the wire protocol."""
 
 
+class DownloadError(TransportError):
+    """A pull download failed: the owner refused or could not produce the data, or it could not be stored."""
+
+
+class DownloadAborted(DownloadError):
+    """A download was stopped by its abort signal."""
+
+
 class FlareTimeoutError(FlareError, TimeoutError):
     """A wait ran out of time; also a builtin ``TimeoutError``."""
 
@@ -48,6 +56,8 @@ class JobError(FlareError):
 __all__ = [
     "ConfigError",
     "ConnectionClosed",
+    "DownloadAborted",
+    "DownloadError",
     "FlareError",
     "FlareTimeoutError",
     "FrameTooLarge",

@@ -1,13 +1,14 @@
 //! `flare._sfm.Cell`: a core cell driven from Python. Blocking calls release the GIL; handlers run on the cell's
 //! callback pool.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use sfm_core::cell::{Cell, IncomingRequest, Message, PeerEvent, ReturnCode};
+use sfm_core::download::DownloadService;
 use sfm_core::frame::Headers;
 
 use crate::callbacks::CallbackPool;
@@ -24,6 +25,8 @@ pub struct PyCell {
     cell: Cell,
     pool: Arc<CallbackPool>,
     pid: u32,
+    /// Started on first use by an owner of downloads; one per cell.
+    downloads: OnceLock<DownloadService>,
 }
 
 fn timeout_arg(timeout: f64) -> PyResult<Duration> {
@@ -40,7 +43,7 @@ fn reply_to_py(py: Python<'_>, reply: &Message) -> PyResult<Py<PyTuple>> {
 impl PyCell {
     /// Wraps a Python callback so that each event is queued to the cell's callback pool, where `run` calls it:
     /// transport threads only enqueue.
-    fn pooled<T, F>(&self, callback: Py<PyAny>, run: F) -> impl Fn(T) + Send + Sync + 'static
+    pub(crate) fn pooled<T, F>(&self, callback: Py<PyAny>, run: F) -> impl Fn(T) + Send + Sync + 'static
     where
         T: Send + 'static,
         F: Fn(Python<'_>, &Py<PyAny>, T) + Send + Sync + Clone + 'static,
@@ -53,7 +56,15 @@ impl PyCell {
         }
     }
 
-    fn check_process(&self) -> PyResult<()> {
+    pub(crate) fn core(&self) -> &Cell {
+        &self.cell
+    }
+
+    pub(crate) fn download_service(&self) -> DownloadService {
+        self.downloads.get_or_init(|| DownloadService::new(&self.cell)).clone()
+    }
+
+    pub(crate) fn check_process(&self) -> PyResult<()> {
         if self.pid != std::process::id() {
             return Err(transport_error(format!(
                 "cell {:?} was created in another process (before a fork); create a new cell in this one",
@@ -65,7 +76,7 @@ impl PyCell {
 }
 
 /// A callback runner whose Python exceptions are printed (there is nobody else to tell).
-fn reporting<T>(
+pub(crate) fn reporting<T>(
     run: impl Fn(Python<'_>, &Py<PyAny>, T) -> PyResult<()> + Send + Sync + Clone + 'static,
 ) -> impl Fn(Python<'_>, &Py<PyAny>, T) + Send + Sync + Clone + 'static {
     move |py, callback, event| {
@@ -138,6 +149,7 @@ impl PyCell {
             cell,
             pool: Arc::new(pool),
             pid: std::process::id(),
+            downloads: OnceLock::new(),
         })
     }
 

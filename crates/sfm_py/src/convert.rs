@@ -186,7 +186,7 @@ pub fn payload_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
     Ok(Bytes::from_owner(BorrowedBuffer(Some(buf))))
 }
 
-fn seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
+pub fn seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
     let s: f64 = v
         .extract()
         .map_err(|_| config_error(name, "must be a number of seconds"))?;
@@ -242,6 +242,21 @@ pub fn comm_config_from_py(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Com
             "streaming_max_out_seq_chunks" => {
                 cfg.stream_receiver.max_out_of_order = Some(count(&name, &v)?).filter(|n| *n > 0)
             }
+            "download_chunk_size" => cfg.download.chunk_size = count(&name, &v)? as u64,
+            "download_cache_budget" => cfg.download.cache_budget = count(&name, &v)? as u64,
+            "download_cache_ttl" => cfg.download.cache_ttl = seconds(&name, &v)?,
+            "min_download_timeout" => cfg.download.min_download_timeout = seconds(&name, &v)?,
+            "download_receiver_idle_timeout" => cfg.download.receiver_idle_timeout = seconds(&name, &v)?,
+            "streaming_per_request_timeout" => cfg.download.per_request_timeout = seconds(&name, &v)?,
+            "download_max_retries" => {
+                cfg.download.max_retries = v
+                    .extract()
+                    .map_err(|_| config_error(&name, "must be a non-negative integer"))?
+            }
+            "download_retry_backoff" => cfg.download.retry_backoff = seconds(&name, &v)?,
+            "download_retry_max_backoff" => cfg.download.retry_max_backoff = seconds(&name, &v)?,
+            "download_max_inflight" => cfg.download.max_inflight = count(&name, &v)?,
+            "download_fault_drop_every" => cfg.download.fault_drop_every = count(&name, &v)? as u64,
             other => return Err(config_error(other, "unknown transport setting")),
         }
     }
@@ -290,5 +305,17 @@ pub fn default_comm_config(py: Python<'_>) -> PyResult<Py<PyDict>> {
         "streaming_max_out_seq_chunks",
         cfg.stream_receiver.max_out_of_order.unwrap_or(0),
     )?;
+    let dl = &cfg.download;
+    d.set_item("download_chunk_size", dl.chunk_size)?;
+    d.set_item("download_cache_budget", dl.cache_budget)?;
+    d.set_item("download_cache_ttl", dl.cache_ttl.as_secs_f64())?;
+    d.set_item("min_download_timeout", dl.min_download_timeout.as_secs_f64())?;
+    d.set_item("download_receiver_idle_timeout", dl.receiver_idle_timeout.as_secs_f64())?;
+    d.set_item("streaming_per_request_timeout", dl.per_request_timeout.as_secs_f64())?;
+    d.set_item("download_max_retries", dl.max_retries)?;
+    d.set_item("download_retry_backoff", dl.retry_backoff.as_secs_f64())?;
+    d.set_item("download_retry_max_backoff", dl.retry_max_backoff.as_secs_f64())?;
+    d.set_item("download_max_inflight", dl.max_inflight)?;
+    d.set_item("download_fault_drop_every", dl.fault_drop_every)?;
     Ok(d.unbind())
 }

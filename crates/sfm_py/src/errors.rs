@@ -6,6 +6,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
 
 use sfm_core::cell::CellError;
+use sfm_core::download::DownloadError;
 use sfm_core::driver::DriverError;
 use sfm_core::stream::StreamError;
 
@@ -57,4 +58,19 @@ pub fn from_cell_error(err: CellError) -> PyErr {
         CellError::Closed(_) => raise("ConnectionClosed", err.to_string()),
         CellError::NoRuntime => raise("TransportError", err.to_string()),
     }
+}
+
+pub fn from_download_error(err: DownloadError) -> PyErr {
+    let class = match &err {
+        DownloadError::Aborted { .. } => "DownloadAborted",
+        DownloadError::TimedOut { .. } => "FlareTimeoutError",
+        DownloadError::Protocol { .. } => "ProtocolError",
+        DownloadError::Refused { .. }
+        | DownloadError::ProducerFailed { .. }
+        | DownloadError::Sink { .. }
+        | DownloadError::NoTransaction(_)
+        | DownloadError::DuplicateRef(_)
+        | DownloadError::BadSource(_) => "DownloadError",
+    };
+    raise(class, err.to_string())
 }

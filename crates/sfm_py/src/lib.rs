@@ -3,6 +3,7 @@
 mod callbacks;
 mod cell;
 mod convert;
+mod download;
 mod errors;
 mod payload;
 mod reader;
@@ -17,6 +18,10 @@ fn _sfm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cell::PyCell>()?;
     m.add_class::<payload::Payload>()?;
     m.add_class::<reader::PyStreamReader>()?;
+    m.add_class::<download::PyAbortSignal>()?;
+    m.add_class::<download::PyDownloadService>()?;
+    m.add_class::<download::PyDownloadReader>()?;
+    m.add_function(wrap_pyfunction!(download::download, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(convert::default_comm_config, m)?)?;
     Ok(())

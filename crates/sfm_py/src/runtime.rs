@@ -59,9 +59,25 @@ where
     F: Future + Send,
     F::Output: Send,
 {
+    wait_with(py, handle, fut, |_| Ok(()))
+}
+
+/// As [`wait`], running `between` with the GIL at every wake-up and once more at the end, on this thread: how
+/// a blocking call reports progress to Python callbacks without a transport thread ever taking the GIL.
+pub fn wait_with<F>(
+    py: Python<'_>,
+    handle: &Handle,
+    fut: F,
+    mut between: impl FnMut(Python<'_>) -> PyResult<()>,
+) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
     let mut fut = Box::pin(fut);
     loop {
         let done = py.detach(|| handle.block_on(async { tokio::time::timeout(SIGNAL_CHECK_INTERVAL, &mut fut).await }));
+        between(py)?;
         if let Ok(output) = done {
             return Ok(output);
         }

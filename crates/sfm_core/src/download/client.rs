@@ -45,6 +45,11 @@ impl AbortSignal {
         self.state.send_replace(true);
     }
 
+    /// Clears the signal, for reuse by later downloads.
+    pub fn reset(&self) {
+        self.state.send_replace(false);
+    }
+
     pub fn is_triggered(&self) -> bool {
         *self.state.borrow()
     }
