@@ -228,16 +228,26 @@ impl Reply {
     }
 }
 
-/// A FOBS body with one main section and no datums.
+/// A FOBS body with one main section and no datums, encoded in place: a chunk's bytes are copied once.
 fn fobs_encode(value: &Value) -> Bytes {
-    let mut body = BytesMut::new();
-    encode_value(value, &mut body);
-    let mut out = BytesMut::with_capacity(SECTION_HEADER_LEN + body.len());
+    let mut out = BytesMut::with_capacity(SECTION_HEADER_LEN + 64 + encoded_data_len(value));
     out.put_u8(MARKER_MAIN);
     out.put_u8(0);
-    out.put_u64(body.len() as u64);
-    out.extend_from_slice(&body);
+    out.put_u64(0);
+    encode_value(value, &mut out);
+    let size = (out.len() - SECTION_HEADER_LEN) as u64;
+    out[2..SECTION_HEADER_LEN].copy_from_slice(&size.to_be_bytes());
     out.freeze()
+}
+
+/// Bytes of binary data in a value: what dominates its encoded size.
+fn encoded_data_len(value: &Value) -> usize {
+    match value {
+        Value::Bin(b) => b.len(),
+        Value::Array(items) => items.iter().map(encoded_data_len).sum(),
+        Value::Map(pairs) => pairs.iter().map(|(_, v)| encoded_data_len(v)).sum(),
+        _ => 0,
+    }
 }
 
 fn fobs_decode(payload: &Bytes) -> Result<Value, WireError> {
