@@ -585,28 +585,28 @@ class Peer:
         except Exception as ex:
             emit("error", message=f"start failed: {type(ex).__name__}: {ex}")
             ok = False
-        if not ok:
-            if not self.stop_event.is_set():  # else: asked to stop (stdin EOF, signal) while starting
-                self.request_exit("setup_failed", 2)
-        elif a.request_to or a.blob_to:
-            waits = a.wait_for if a.wait_for is not None else [t for t in (a.request_to, a.blob_to) if t]
-            if not self.wait_for_peers(waits):
-                self.request_exit("peers_missing", 2)
-            else:
-                failures = self.run_requests() if a.request_to else 0
-                if a.blob_to and not self.stop_event.is_set():
-                    failures += self.run_blobs()
-                if failures:
-                    self.exit_code = 1
-        elif a.wait_for:
-            if not self.wait_for_peers(a.wait_for):
-                self.request_exit("peers_missing", 2)
+        if ok:
+            self.work()
+        elif not self.stop_event.is_set():  # not when asked to stop (stdin EOF, signal) while starting
+            self.request_exit("setup_failed", 2)
 
         if not self.stop_event.is_set() and a.linger is not None:
             if not self.stop_event.wait(a.linger):
                 self.request_exit("linger")
         self.stop_event.wait()
         return self.shutdown()
+
+    def work(self):
+        """What the peer does once ready (subclasses replace it): requests and blobs, or waiting for peers."""
+        a = self.args
+        waits = a.wait_for if a.wait_for is not None else [t for t in (a.request_to, a.blob_to) if t]
+        if waits and not self.wait_for_peers(waits):
+            return self.request_exit("peers_missing", 2)
+        failures = self.run_requests() if a.request_to else 0
+        if a.blob_to and not self.stop_event.is_set():
+            failures += self.run_blobs()
+        if failures:
+            self.exit_code = 1
 
     def shutdown(self) -> int:
         code = self.exit_code
@@ -675,8 +675,8 @@ def import_nvflare_f3() -> str:
         return "unknown"
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, parse=parse_args, peer_class=Peer):
+    args = parse(argv)
     # before NVFlare loads: its CommConfigurator reads env NVFLARE_<NAME> (and caches what it read)
     os.environ.update(args.comm_env)
     if args.heartbeat_interval is not None:
@@ -688,7 +688,7 @@ def main(argv=None):
         # drivers whose optional deps (grpcio, aiohttp) are not installed are skipped with a warning: we use tcp only
         logging.getLogger("nvflare.fuel.f3.drivers.driver_manager").setLevel(logging.ERROR)
 
-    peer = Peer(args)
+    peer = peer_class(args)
 
     def on_signal(signum, _frame):
         peer.request_exit(f"signal_{signum}")

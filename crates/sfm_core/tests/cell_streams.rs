@@ -310,6 +310,39 @@ async fn senders_giving_up_mid_stream_never_wedge_the_receiver() {
     server.close();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_message_keeps_its_payload_encoding_on_the_stream_not_on_the_chunks() {
+    use sfm_core::cell::keys;
+    use sfm_core::stream::wire;
+    // NVFlare decodes every chunk by its own cn__payload_encoding and the assembled payload by sm__pe.
+    let server = Cell::new("server", fast_config()).unwrap();
+    let url = listen(&server).await;
+    let (mut raw, _) = RawPeer::dial(&url, "site-1").await;
+    wait_peers(&server, &["site-1"]).await;
+    let mut headers = Headers::new();
+    headers.insert(keys::PAYLOAD_ENCODING, "fobs");
+    let asking = server.request(
+        "site-1",
+        "test",
+        "echo",
+        headers,
+        pattern(2 * MIB, 3),
+        Duration::from_secs(1),
+    );
+    let first_chunk = async {
+        loop {
+            let frame = raw.next_frame().await.expect("a chunk");
+            if frame.headers.get_str(keys::CHANNEL) == Some(wire::CHANNEL) {
+                return frame;
+            }
+        }
+    };
+    let (_, chunk) = tokio::join!(asking, within(T, "the first chunk", first_chunk));
+    assert_eq!(chunk.headers.get_str(keys::PAYLOAD_ENCODING), Some("bytes"));
+    assert_eq!(chunk.headers.get_str(wire::keys::PAYLOAD_ENCODING), Some("fobs"));
+    server.close();
+}
+
 fn scratch_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("flare-{tag}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -221,10 +221,7 @@ impl CellInner {
                 request_headers.get_str(keys::TOPIC).unwrap_or_default()
             );
             msg.headers.insert(stream_key, ri);
-            if !msg.headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
-                msg.headers
-                    .insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
-            }
+            super::streaming::move_encoding_to_stream(&mut msg.headers);
             let channel = super::RETURN_CHANNEL;
             let source = super::files::Source::Memory(msg.payload);
             if let Err(err) = self.send_stream(&origin, channel, &topic, msg.headers, source).await {

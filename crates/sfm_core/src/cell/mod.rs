@@ -547,9 +547,7 @@ impl CellInner {
             // stream on `return_only` with the same `sm__ri`, which is also our waiter's key.
             let mut headers = headers;
             headers.insert(crate::stream::wire::keys::REQ_ID, req_id.as_str());
-            if !headers.contains_key(crate::stream::wire::keys::PAYLOAD_ENCODING) {
-                headers.insert(crate::stream::wire::keys::PAYLOAD_ENCODING, encoding::BYTES);
-            }
+            streaming::move_encoding_to_stream(&mut headers);
             if let Err(err) = self
                 .send_stream(target, channel, topic, headers, files::Source::Memory(payload))
                 .await

@@ -21,7 +21,7 @@ use crate::stream::{
 use super::files::{FileHandler, Source};
 use super::incoming::Incoming;
 use super::reader::ReaderHandler;
-use super::{keys, CellInner, Message};
+use super::{encoding, keys, CellInner, Message};
 
 /// NVFlare's channel for replies to streamed requests.
 pub const RETURN_CHANNEL: &str = "return_only";
@@ -30,6 +30,17 @@ const JANITOR_PERIOD: Duration = Duration::from_millis(500);
 /// How long an ended incoming stream is remembered, so that its chunks still in flight (an abort notice can overtake
 /// them on the control lane) are dropped instead of opening the stream again.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+/// Moves a message's payload encoding to the stream that carries it. NVFlare decodes a stream's assembled payload
+/// by `sm__pe`, and each chunk by the chunk's own `cn__payload_encoding`: left on the chunks, a "fobs" encoding
+/// makes NVFlare decode every raw chunk as FOBS, and the assembled payload would stay undecoded bytes.
+pub(super) fn move_encoding_to_stream(headers: &mut Headers) {
+    let message_encoding = headers.remove(keys::PAYLOAD_ENCODING);
+    if !headers.contains_key(wire::keys::PAYLOAD_ENCODING) {
+        let stream_encoding = message_encoding.unwrap_or_else(|| encoding::BYTES.into());
+        headers.insert(wire::keys::PAYLOAD_ENCODING, stream_encoding);
+    }
+}
 
 /// Handles a whole blob. Called on a transport thread: hand it off, never block.
 pub type BlobHandler = Arc<dyn Fn(Message) + Send + Sync>;
