@@ -78,6 +78,8 @@ class CommSettings:
     download_cache_budget:
         Most bytes of produced chunks an owner keeps for further receivers (default 256 MiB); past it the least
         recently used go, and are produced again if asked for.
+    download_send_budget:
+        Bytes of download replies an owner holds while sending them (default 64 MiB); further replies wait.
     download_cache_ttl:
         A cached chunk nobody asked for in this long is dropped (default 60).
     min_download_timeout:
@@ -126,6 +128,7 @@ class CommSettings:
     streaming_max_out_seq_chunks: int = _CORE_DEFAULTS["streaming_max_out_seq_chunks"]
     download_chunk_size: int = _CORE_DEFAULTS["download_chunk_size"]
     download_cache_budget: int = _CORE_DEFAULTS["download_cache_budget"]
+    download_send_budget: int = _CORE_DEFAULTS["download_send_budget"]
     download_cache_ttl: float = _CORE_DEFAULTS["download_cache_ttl"]
     min_download_timeout: float = _CORE_DEFAULTS["min_download_timeout"]
     download_receiver_idle_timeout: float = _CORE_DEFAULTS["download_receiver_idle_timeout"]

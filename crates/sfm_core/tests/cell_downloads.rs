@@ -372,3 +372,48 @@ async fn a_reader_gets_pieces_in_order_and_can_stop_early() {
     within(T, "first piece", early.next()).await.unwrap().unwrap();
     drop(early);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_wait_for_room_in_the_send_budget_and_return_it() {
+    let mut cfg = fast_config();
+    cfg.download.send_budget = 1536 * 1024;
+    let (server, sites) = owner_and_receivers(cfg, 3).await;
+    let service = DownloadService::new(&server);
+    let (tx, mut done) = transaction(&service, 3, T);
+    let data = pattern(12 * MIB);
+    let rid = service
+        .add_source(&tx, Source::memory(data.clone(), MIB as u64).unwrap(), None)
+        .unwrap();
+    let pulls: Vec<_> = sites
+        .iter()
+        .map(|site| {
+            let (site, rid) = (site.clone(), rid.clone());
+            tokio::spawn(async move { pull_bytes(&site, &rid, options(&site)).await })
+        })
+        .collect();
+    let watcher = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..400 {
+                most = most.max(service.sending());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    for pull in pulls {
+        assert!(within(T, "download", pull).await.unwrap().unwrap().0 == data);
+    }
+    assert_eq!(within(T, "end", done.recv()).await.unwrap().status, TxStatus::Finished);
+    assert!(
+        watcher.await.unwrap() <= 1536 * 1024,
+        "at most one 1 MiB reply fits in 1.5 MiB"
+    );
+    within(T, "budget to come back", async {
+        while service.sending() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -32,7 +32,12 @@ fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         Just(Reply::Eof),
         Just(Reply::Error),
-        (data, position(), layout).prop_map(|(data, next, layout)| Reply::Data { data, next, layout }),
+        (data, position(), layout, any::<bool>()).prop_map(|(data, next, layout, cancel_capable)| Reply::Data {
+            data,
+            next,
+            layout,
+            cancel_capable
+        }),
     ]
 }
 

@@ -245,6 +245,7 @@ pub fn comm_config_from_py(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Com
             "download_chunk_size" => cfg.download.chunk_size = count(&name, &v)? as u64,
             "download_cache_budget" => cfg.download.cache_budget = count(&name, &v)? as u64,
             "download_cache_ttl" => cfg.download.cache_ttl = seconds(&name, &v)?,
+            "download_send_budget" => cfg.download.send_budget = count(&name, &v)? as u64,
             "min_download_timeout" => cfg.download.min_download_timeout = seconds(&name, &v)?,
             "download_receiver_idle_timeout" => cfg.download.receiver_idle_timeout = seconds(&name, &v)?,
             "streaming_per_request_timeout" => cfg.download.per_request_timeout = seconds(&name, &v)?,
@@ -309,6 +310,7 @@ pub fn default_comm_config(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("download_chunk_size", dl.chunk_size)?;
     d.set_item("download_cache_budget", dl.cache_budget)?;
     d.set_item("download_cache_ttl", dl.cache_ttl.as_secs_f64())?;
+    d.set_item("download_send_budget", dl.send_budget)?;
     d.set_item("min_download_timeout", dl.min_download_timeout.as_secs_f64())?;
     d.set_item("download_receiver_idle_timeout", dl.receiver_idle_timeout.as_secs_f64())?;
     d.set_item("streaming_per_request_timeout", dl.per_request_timeout.as_secs_f64())?;

@@ -32,6 +32,8 @@ struct Entry {
 struct State {
     entries: HashMap<ChunkKey, Entry>,
     used: u64,
+    /// Chunks every expected receiver was served: a late prefetch must not make them again.
+    retired: HashSet<ChunkKey>,
 }
 
 pub(crate) struct ChunkCache {
@@ -54,8 +56,26 @@ impl ChunkCache {
     where
         F: Future<Output = Produced>,
     {
+        self.fetch(key, produce, false).await.expect("a get always fetches")
+    }
+
+    /// Makes the chunk at `key` ahead of the receivers, unless it is cached, being made, or already retired.
+    pub async fn prefetch<F>(&self, key: ChunkKey, produce: F)
+    where
+        F: Future<Output = Produced>,
+    {
+        let _ = self.fetch(key, produce, true).await;
+    }
+
+    async fn fetch<F>(&self, key: ChunkKey, produce: F, prefetch: bool) -> Option<Produced>
+    where
+        F: Future<Output = Produced>,
+    {
         let value = {
             let mut state = self.state.lock().expect("cache lock");
+            if prefetch && (state.retired.contains(&key) || state.entries.contains_key(&key)) {
+                return None;
+            }
             let entry = state.entries.entry(key).or_insert_with(|| Entry {
                 value: Arc::new(OnceCell::new()),
                 size: 0,
@@ -68,10 +88,10 @@ impl ChunkCache {
         let produced = value.get_or_init(|| produce).await.clone();
 
         let mut state = self.state.lock().expect("cache lock");
-        let State { entries, used } = &mut *state;
+        let State { entries, used, .. } = &mut *state;
         let Some(entry) = entries.get_mut(&key).filter(|e| Arc::ptr_eq(&e.value, &value)) else {
             // Dropped while we produced or waited: the caller still gets its bytes.
-            return produced;
+            return Some(produced);
         };
         match &produced {
             Err(_) => {
@@ -86,18 +106,19 @@ impl ChunkCache {
             }
             Ok(_) => {}
         }
-        produced
+        Some(produced)
     }
 
     /// `receiver` was sent the chunk at `key`; once `expected` receivers (if known) were, the chunk goes.
     pub fn served(&self, key: ChunkKey, receiver: &str, expected: usize) {
         let mut state = self.state.lock().expect("cache lock");
-        let State { entries, used } = &mut *state;
+        let State { entries, used, retired } = &mut *state;
         let Some(entry) = entries.get_mut(&key) else { return };
         entry.served.insert(receiver.to_string());
         if expected > 0 && entry.served.len() >= expected {
             let gone = entries.remove(&key).expect("present");
             *used -= gone.size;
+            retired.insert(key);
         }
     }
 
@@ -142,6 +163,7 @@ impl ChunkCache {
             *s != source
         });
         state.used -= freed;
+        state.retired.retain(|(s, _)| *s != source);
     }
 
     /// Bytes of produced chunks held now.
@@ -194,6 +216,30 @@ mod tests {
         assert_eq!(cache.used(), 10, "the same receiver twice is one receiver");
         cache.served((1, 0), "b", 2);
         assert_eq!(cache.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn prefetch_never_remakes_a_chunk_every_receiver_had() {
+        let cache = ChunkCache::new(1 << 30, Duration::from_secs(60));
+        cache.get((1, 0), async { chunk(10) }).await.unwrap();
+        cache.served((1, 0), "a", 1);
+        let calls = AtomicUsize::new(0);
+        let counted = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            chunk(10)
+        };
+        cache.prefetch((1, 0), counted()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        cache.prefetch((1, 1), counted()).await;
+        cache.prefetch((1, 1), counted()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "made once, then cached");
+        cache.drop_source(1);
+        cache.prefetch((1, 0), counted()).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "a dropped source forgets what it retired"
+        );
     }
 
     #[tokio::test]

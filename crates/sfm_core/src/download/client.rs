@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -327,6 +327,7 @@ pub async fn download<S: Sink>(
         ref_id: ref_id.to_string(),
         requests: AtomicU64::new(0),
         retries: AtomicU64::new(0),
+        owner_ignores_cancel: AtomicBool::new(false),
         options,
     });
     let mut run = Run {
@@ -357,6 +358,9 @@ struct Asker {
     ref_id: String,
     requests: AtomicU64,
     retries: AtomicU64,
+    /// Set when the owner's replies show it would take a cancel message for a new request (NVFlare 2.7.2). Before
+    /// any reply it is unknown, and a cancel costs such an owner one chunk read at worst.
+    owner_ignores_cancel: AtomicBool,
     options: DownloadOptions,
 }
 
@@ -432,7 +436,11 @@ impl Asker {
                     return Err(DownloadError::Refused {
                         ref_id: self.ref_id.clone(),
                         owner: self.owner.clone(),
-                        error: reply.error().unwrap_or_default().to_string(),
+                        error: reply
+                            .error()
+                            .filter(|e| !e.is_empty())
+                            .unwrap_or("the owner gave no reason (an unknown or ended reference, for NVFlare owners)")
+                            .to_string(),
                         code,
                     })
                 }
@@ -440,8 +448,11 @@ impl Asker {
         }
     }
 
-    /// Tells the owner this receiver gave up, without waiting for anything.
+    /// Tells the owner this receiver gave up, without waiting for anything, unless the owner does not understand it.
     fn cancel(&self) {
+        if self.owner_ignores_cancel.load(Ordering::Relaxed) {
+            return;
+        }
         let payload = Request {
             ref_id: self.ref_id.clone(),
             position: Position::Start,
@@ -487,7 +498,17 @@ impl Run {
                 return self.finish(sink).await;
             }
             Reply::Error => return Err(self.producer_failed()),
-            Reply::Data { data, next, layout } => (data, next, layout),
+            Reply::Data {
+                data,
+                next,
+                layout,
+                cancel_capable,
+            } => {
+                self.asker
+                    .owner_ignores_cancel
+                    .store(!cancel_capable, Ordering::Relaxed);
+                (data, next, layout)
+            }
         };
         self.total_size = layout.map(|l| l.total_size);
         sink.begin(self.total_size).await.map_err(|e| self.sink_error(e))?;

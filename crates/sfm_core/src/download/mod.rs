@@ -48,6 +48,9 @@ pub struct DownloadConfig {
     /// Most bytes of produced chunks the owner keeps for other receivers (`download_cache_budget`, default
     /// 256 MiB). Past it, the least recently used chunks are dropped; a chunk asked for again is produced again.
     pub cache_budget: u64,
+    /// Bytes of encoded replies an owner holds while they are being sent (`download_send_budget`, default 64 MiB).
+    /// Further replies wait for room, so that many receivers pulling at once cost latency, not memory.
+    pub send_budget: u64,
     /// A cached chunk nobody asked for in this long is dropped (`download_cache_ttl`, default 60 s).
     pub cache_ttl: Duration,
     /// Idle time after which a transaction nobody pulls from ends with status "timeout", when its owner gave no
@@ -75,6 +78,7 @@ impl Default for DownloadConfig {
         DownloadConfig {
             chunk_size: 5 * 1024 * 1024,
             cache_budget: 256 * 1024 * 1024,
+            send_budget: 64 * 1024 * 1024,
             cache_ttl: Duration::from_secs(60),
             min_download_timeout: Duration::from_secs(300),
             receiver_idle_timeout: Duration::from_secs(300),
@@ -103,6 +107,12 @@ impl DownloadConfig {
                     reason: "must be greater than zero".into(),
                 });
             }
+        }
+        if self.send_budget < 1024 {
+            return Err(ConfigError {
+                name: "download_send_budget",
+                reason: "must be at least 1 KiB".into(),
+            });
         }
         if self.chunk_size == 0 {
             return Err(ConfigError {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::cache::ChunkCache;
@@ -61,6 +61,9 @@ struct ServiceInner {
     next_source: AtomicU64,
     replies: AtomicU64,
     wake: Arc<Notify>,
+    /// `download_send_budget` in KiB: encoded replies hold permits until their last byte is released.
+    send_budget: Arc<Semaphore>,
+    send_budget_kib: u32,
 }
 
 /// A cell's download service. Cheap to clone; the service stops when the last clone is dropped.
@@ -78,6 +81,9 @@ impl DownloadService {
     /// Starts the service on `cell`: registers the download handler and follows peers going away.
     pub fn new(cell: &Cell) -> DownloadService {
         let config = cell.config().download.clone();
+        let budget_kib = u32::try_from(config.send_budget / 1024)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
         let inner = Arc::new(ServiceInner {
             cell: cell.clone(),
             table: Mutex::new(Transactions::new(config.receiver_idle_timeout)),
@@ -87,6 +93,8 @@ impl DownloadService {
             next_source: AtomicU64::new(1),
             replies: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
+            send_budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            send_budget_kib: budget_kib,
             config,
         });
         let weak = Arc::downgrade(&inner);
@@ -184,6 +192,12 @@ impl DownloadService {
         self.inner.cache.used()
     }
 
+    /// Bytes of encoded replies being sent now (within `download_send_budget`).
+    pub fn sending(&self) -> u64 {
+        let free = self.inner.send_budget.available_permits() as u64;
+        (u64::from(self.inner.send_budget_kib) - free) * 1024
+    }
+
     /// Sources registered and not yet released.
     pub fn live_sources(&self) -> usize {
         self.inner.sources.lock().expect("sources lock").len()
@@ -261,7 +275,33 @@ impl ServiceInner {
         if self.config.fault_drop_every > 0 && n.is_multiple_of(self.config.fault_drop_every) {
             return responder.discard();
         }
-        responder.reply(fobs_reply(&reply));
+        let Some(permit) = self.room_for(&reply).await else {
+            tracing::warn!(ref_id = %req.ref_id, %receiver, "no room to send a download reply; the receiver will retry");
+            return responder.discard();
+        };
+        let mut message = fobs_reply(&reply);
+        message.payload = Bytes::from_owner(Budgeted {
+            bytes: message.payload,
+            _permit: permit,
+        });
+        responder.reply(message);
+    }
+
+    /// Waits until the reply fits in `download_send_budget` (a reply larger than the whole budget goes alone), at
+    /// most `streaming_per_request_timeout`, after which the requester has given up on it anyway.
+    async fn room_for(&self, reply: &Reply) -> Option<OwnedSemaphorePermit> {
+        let size = match reply {
+            Reply::Data { data, .. } => data.len(),
+            Reply::Eof | Reply::Error => 0,
+        };
+        let kib = u32::try_from(size / 1024 + 1)
+            .unwrap_or(u32::MAX)
+            .min(self.send_budget_kib);
+        let acquire = self.send_budget.clone().acquire_many_owned(kib);
+        tokio::time::timeout(self.config.per_request_timeout, acquire)
+            .await
+            .ok()?
+            .ok()
     }
 
     fn finish(&self, ref_id: &str, receiver: &str, status: ReceiverStatus) {
@@ -357,6 +397,7 @@ impl ServiceInner {
                         count: index - first,
                     },
                     layout: None,
+                    cancel_capable: true,
                 })
             }
         }
@@ -370,7 +411,7 @@ impl ServiceInner {
         for index in from..to {
             let (service, produce) = (self.clone(), produce_item(index));
             self.cell.runtime().spawn(async move {
-                let _ = service.cache.get((number, index), produce).await;
+                service.cache.prefetch((number, index), produce).await;
             });
         }
     }
@@ -406,6 +447,18 @@ impl ServiceInner {
     }
 }
 
+/// An encoded reply and its share of the send budget, returned when the last slice of the reply is dropped.
+struct Budgeted {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 fn fobs_reply(reply: &Reply) -> Message {
     let mut headers = Headers::new();
     headers.insert(keys::PAYLOAD_ENCODING, encoding::FOBS);
@@ -430,6 +483,7 @@ fn byte_reply(chunk: Bytes, offset: u64, total_size: u64, chunk_size: u64) -> Re
         next: Position::Offset(offset + chunk.len() as u64),
         data: Data::Bytes(chunk),
         layout: Some(Layout { total_size, chunk_size }),
+        cancel_capable: true,
     }
 }
 

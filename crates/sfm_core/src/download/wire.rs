@@ -31,6 +31,7 @@ mod key {
     pub const START: &str = "start";
     pub const COUNT: &str = "count";
     pub const CANCEL: &str = "cancel";
+    pub const CANCEL_CAPABLE: &str = "cancel_capable";
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -160,6 +161,9 @@ pub enum Reply {
         next: Position,
         /// Byte sources of ours tell their size and chunk size, so that receivers can pipeline.
         layout: Option<Layout>,
+        /// The owner understands a receiver's cancel message (NVFlare 2.7.2 owners do not: to them it is a new
+        /// request).
+        cancel_capable: bool,
     },
     /// The receiver has everything.
     Eof,
@@ -179,7 +183,12 @@ impl Reply {
         let map = match self {
             Reply::Eof => vec![status("eof")],
             Reply::Error => vec![status("error")],
-            Reply::Data { data, next, layout } => {
+            Reply::Data {
+                data,
+                next,
+                layout,
+                cancel_capable,
+            } => {
                 let data = match data {
                     Data::Bytes(b) => Value::Bin(b.clone()),
                     Data::Items(items) => Value::Array(items.iter().cloned().map(Value::Bin).collect()),
@@ -192,6 +201,9 @@ impl Reply {
                 if let Some(layout) = layout {
                     map.push((Value::from(key::TOTAL_SIZE), Value::from(layout.total_size)));
                     map.push((Value::from(key::CHUNK_SIZE), Value::from(layout.chunk_size)));
+                }
+                if *cancel_capable {
+                    map.push((Value::from(key::CANCEL_CAPABLE), Value::Bool(true)));
                 }
                 map
             }
@@ -224,7 +236,13 @@ impl Reply {
             (Some(total_size), Some(chunk_size)) if chunk_size > 0 => Some(Layout { total_size, chunk_size }),
             _ => None,
         };
-        Ok(Reply::Data { data, next, layout })
+        let cancel_capable = body.get(key::CANCEL_CAPABLE).and_then(Value::as_bool).unwrap_or(false);
+        Ok(Reply::Data {
+            data,
+            next,
+            layout,
+            cancel_capable,
+        })
     }
 }
 
@@ -305,11 +323,13 @@ mod tests {
                     total_size: 10,
                     chunk_size: 3,
                 }),
+                cancel_capable: true,
             },
             Reply::Data {
                 data: Data::Items(vec![Bytes::from_static(b"a"), Bytes::new()]),
                 next: Position::Items { start: 0, count: 2 },
                 layout: None,
+                cancel_capable: false,
             },
         ];
         for reply in replies {
