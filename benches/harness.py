@@ -1,5 +1,5 @@
-"""Reusable helpers for flare's benchmarks: peers as separate OS processes, peak memory, MiB/s, tables, and the raw
-TCP reference every transport figure is compared with.
+"""Reusable helpers for flare's benchmarks: peers as separate OS processes, peak memory, the CPU that other processes
+take meanwhile, MiB/s, tables, and the raw TCP reference every transport figure is compared with.
 
 Two sides use this module:
 
@@ -178,6 +178,49 @@ class PeakMemory:
             # pages) plus the kernel zeroing each page, which shows as time on the receiving side
             "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.baseline_minflt,
         }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Other load on the machine
+
+
+class OtherLoad:
+    """CPU time that processes other than this bench and its peers used while it measured: the machine-wide busy
+    time (user + nice + system, from ``/proc/stat``) minus this process's and its reaped children's. On a 2-CPU VM
+    shared with other work, a run with a few tenths of a CPU-second of it is already suspect; it is reported next to
+    the figures instead of being guessed at. Also counts hypervisor steal time."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy, steal = (v[0] + v[1] + v[2]) / self.tick, v[7] / self.tick
+        own = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            ru = resource.getrusage(who)
+            own += ru.ru_utime + ru.ru_stime
+        return busy, own, steal
+
+    def wait_quiet(self, max_wait: float, window: float = 0.3, share: float = 0.05) -> float:
+        """Waits (at most ``max_wait`` seconds) until other processes use less than ``share`` of one CPU over
+        ``window`` seconds, so that a measurement does not start in the middle of someone else's burst; returns
+        the seconds waited. Restarts the count."""
+        started = time.monotonic()
+        while True:
+            self.take()
+            time.sleep(window)
+            if self.take()["other_cpu_s"] <= share * window or time.monotonic() - started >= max_wait:
+                return time.monotonic() - started
+
+    def take(self) -> dict[str, float]:
+        """Since the previous call (or creation): ``other_cpu_s`` and ``steal_s``; restarts the count."""
+        now = self._now()
+        (b0, o0, s0), (b1, o1, s1) = self.start, now
+        self.start = now
+        return {"other_cpu_s": max(0.0, (b1 - b0) - (o1 - o0)), "steal_s": s1 - s0}
 
 
 # --------------------------------------------------------------------------------------------------------------------
