@@ -20,10 +20,10 @@ Cases:
   chunk cache (``download_cache_budget``).
 * **push**: the owner calls ``Cell.send_blob`` of its one buffer to every receiver at once, one thread per receiver
   (N concurrent streams of the same bytes).
-* **owner memory vs requests in flight** (diagnostic; ``--no-diagnostic`` skips it): the memory-source pull again,
-  once per combination of ``download_max_inflight`` (4, 1) and ``download_chunk_size`` (5 MiB, 1 MiB), with a
-  ``--diag-mib`` source (default 256): the owner's peak next to N x in-flight requests x chunk size, the bytes its
-  replies can have on their way at once.
+* **owner memory vs replies in flight** (diagnostic; ``--no-diagnostic`` skips it): the memory-source pull again,
+  with a ``--diag-mib`` source (default 256), once per setting in ``DIAG_SETTINGS`` of ``download_send_budget``,
+  ``download_max_inflight`` and ``download_chunk_size``: the owner's peak next to the bytes its replies may hold
+  while they are sent, the smaller of N x requests in flight x chunk size and the send budget.
 
 Every receiver consumes its bytes piece by piece and drops them (pull: iterating ``open_download``; push: a stream
 callback iterating the reader), so receivers hold no whole copy; each checks that every piece continues the source's
@@ -65,7 +65,9 @@ PUSH_TOPIC = "push"
 SAMPLE_S = 0.02
 CASES = ("pull-memory", "pull-file", "push")
 QUIET_MAX_WAIT, QUIET_BUDGET = 10.0, 60.0  # s: waiting for a quiet machine, before one run and in all
-DIAG_SETTINGS = ((4, 5.0), (1, 5.0), (4, 1.0), (1, 1.0))  # (download_max_inflight, download_chunk_size MiB)
+# (download_send_budget MiB, download_max_inflight, download_chunk_size MiB): the default, a budget below and one
+# above what 24 receivers have in flight by default (480 MiB), and few enough requests in flight to stay below it
+DIAG_SETTINGS = ((64.0, 4, 5.0), (16.0, 4, 5.0), (1024.0, 4, 5.0), (64.0, 1, 1.0))
 
 log = harness.bench_logger("bench_downloads")
 
@@ -82,6 +84,8 @@ def settings(args: argparse.Namespace) -> Any:
         overrides["download_cache_budget"] = int(args.cache_mib * MIB)
     if args.inflight:
         overrides["download_max_inflight"] = args.inflight
+    if args.send_mib:
+        overrides["download_send_budget"] = int(args.send_mib * MIB)
     return CommSettings.from_env(**overrides)
 
 
@@ -323,6 +327,8 @@ def peer_options(args: argparse.Namespace) -> list[Any]:
         out += ["--cache-mib", args.cache_mib]
     if args.inflight:
         out += ["--inflight", args.inflight]
+    if args.send_mib:
+        out += ["--send-mib", args.send_mib]
     if args.verify:
         out.append("--verify")
     return out
@@ -455,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-mib", type=float, help="download_chunk_size in MiB (default: the setting's)")
     parser.add_argument("--cache-mib", type=float, help="download_cache_budget in MiB (default: the setting's)")
     parser.add_argument("--inflight", type=int, help="download_max_inflight (default: the setting's)")
+    parser.add_argument("--send-mib", type=float, help="download_send_budget in MiB (default: the setting's)")
     parser.add_argument("--verify", action="store_true", help="receivers CRC-32 every byte")
     parser.add_argument("--raw-reps", type=int, default=3, help="raw TCP rounds, before and after (default 3)")
     parser.add_argument("--no-diagnostic", dest="diagnostic", action="store_false",
@@ -518,13 +525,14 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     diag: list[dict[str, Any]] = []
     if args.diagnostic:
-        for inflight, chunk in DIAG_SETTINGS:
-            opts = argparse.Namespace(**{**vars(args), "inflight": inflight, "chunk_mib": chunk})
+        for send, inflight, chunk in DIAG_SETTINGS:
+            opts = argparse.Namespace(**{**vars(args), "send_mib": send, "inflight": inflight, "chunk_mib": chunk})
             quiet_wait()
-            log(f"diagnostic: pull-memory, download_max_inflight {inflight}, download_chunk_size {chunk:g} MiB")
+            log(f"diagnostic: pull-memory, download_send_budget {send:g} MiB, download_max_inflight {inflight}, "
+                f"download_chunk_size {chunk:g} MiB")
             r = run_case("pull-memory", opts, args.diag_mib * MIB, None)
             r["others_cpu_s"] = load.take()["other_cpu_s"]
-            diag.append({"inflight": inflight, "chunk_mib": chunk, **r})
+            diag.append({"send_mib": send, "inflight": inflight, "chunk_mib": chunk, **r})
     results["diagnostic"] = diag
     log(f"raw TCP again: {args.raw_reps} x {raw_bytes:,} B")
     results["raw_after"] = harness.raw_tcp(raw_bytes, args.raw_reps)
@@ -578,13 +586,15 @@ def main(argv: list[str] | None = None) -> None:
             "s: every receiver of every repetition, pull from its `open_download` call to its last byte, push from "
             "its `send_blob` call to its last byte; wall time runs from the first of those starts to the last byte "
             f"in. Settings: download_chunk_size {chunk_mib:g} MiB, download_cache_budget {budget_mib:g} MiB, "
+            f"download_send_budget {harness.mib(cfg.download_send_budget):g} MiB, "
             f"download_max_inflight {cfg.download_max_inflight}, streaming_window_size "
             f"{harness.mib(cfg.streaming_window_size):g} MiB.",
             "Owner RSS+ is its peak above its baseline taken just before the transfers (the memory and push sources "
             "are already resident then), the worst repetition; owner peak above pre-source is the same peak above "
             "its RSS before the source was allocated, and its goal is the cache budget plus the source resident in "
-            "memory (0 for the file, read chunk by chunk from the page cache): " + "; ".join(goals) + ". Receiver "
-            f"process RSS+: the worst receiver process ({n // procs}-{-(-n // procs)} cells) above its own baseline.",
+            "memory (0 for the file, read chunk by chunk from the page cache): " + "; ".join(goals) + ". The bound "
+            "`docs/downloads.md` gives adds the replies being sent, within download_send_budget. Receiver process "
+            f"RSS+: the worst receiver process ({n // procs}-{-(-n // procs)} cells) above its own baseline.",
         ],
     }
     gib_delivered = n * nbytes / (1 << 30)
@@ -643,21 +653,25 @@ def main(argv: list[str] | None = None) -> None:
         diag_rows = []
         for d in diag:
             in_flight = n * d["inflight"] * d["chunk_mib"]
+            bound = min(in_flight, d["send_mib"])
             rss_plus = d["owner_memory"]["peak_above_baseline_mib"]
-            diag_rows.append([d["inflight"], d["chunk_mib"], in_flight, rss_plus, rss_plus / in_flight,
-                              d["aggregate_mib_s"], d["others_cpu_s"]])
+            diag_rows.append([d["send_mib"], d["inflight"], d["chunk_mib"], in_flight, bound, rss_plus,
+                              rss_plus / bound, d["aggregate_mib_s"], d["others_cpu_s"]])
         secs.append({
             "title": f"Diagnostic: the owner's memory vs its replies in flight (pull, memory source, {n} receivers)",
-            "headers": ["download_max_inflight", "download_chunk_size MiB", f"{n} x in flight x chunk MiB",
-                        "owner RSS+ MiB", "RSS+ / in flight", "aggregate MiB/s", "others' CPU s"],
-            "digits": [0, 0, 0, 1, 2, 0, 2],
+            "headers": ["download_send_budget MiB", "download_max_inflight", "download_chunk_size MiB",
+                        f"{n} x in flight x chunk MiB", "replies may hold MiB", "owner RSS+ MiB", "RSS+ / may hold",
+                        "aggregate MiB/s", "others' CPU s"],
+            "digits": [0, 0, 0, 0, 0, 1, 2, 0, 2],
             "rows": diag_rows,
             "notes": [
                 f"One run each, {args.diag_mib:,} MiB memory source (`add_bytes`, nothing to cache), on fresh "
-                "processes. A memory source is served as slices of the caller's buffer, so serving it needs next to "
-                "no memory of its own; a reply that holds a chunk-sized buffer of its own until it is sent makes "
-                f"the owner hold up to {n} receivers x download_max_inflight x download_chunk_size (the third "
-                "column) instead. RSS+ / in flight near or above 1 is that case."
+                "processes. A memory source is served as slices of the caller's buffer, but each reply is encoded "
+                "into a buffer of its own that lives until it is sent: at most one chunk for each request in flight "
+                f"({n} receivers x download_max_inflight x download_chunk_size), and no more than "
+                "download_send_budget at once (further replies wait for room). \"Replies may hold\" is the smaller "
+                "of the two; RSS+ / may hold well above 1 would mean the owner holds memory that neither bound "
+                "covers. Aggregate MiB/s is what a smaller budget costs in speed."
             ],
         })
     secs.append(raw_sec)
