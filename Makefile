@@ -22,7 +22,7 @@ $(DEPS): $(BIN)/python requirements-dev.txt
 $(NVFLARE):
 	$(PYTHON) -m venv $(NVFLARE_VENV)
 	$(NVFLARE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-		nvflare==$(NVFLARE_VERSION) msgpack cryptography cffi
+		nvflare==$(NVFLARE_VERSION) msgpack cryptography cffi numpy
 	touch $@
 
 # Builds the extension (release: the same artifacts serve tests, benchmarks and the wheel) and installs flare
