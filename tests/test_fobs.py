@@ -290,3 +290,16 @@ def test_fl_model_round_trip():
         {"acc": 0.5}, 0, 2, None, {"k": (1,)})
     with pytest.raises(ValueError):
         FLModel(params_type="DIFF")
+
+
+class Flags(dict):
+    pass
+
+
+def test_objects_built_on_c_types_are_not_sent_as_empty_shells():
+    for obj in (Flags(a=1), ValueError("x"), np.ma.masked_array([1, 2])):
+        with pytest.raises(SerializationError, match="register"):
+            fobs.dumps(obj)
+    fobs.register(fobs.DictDecomposer(Flags))
+    back = round_trip(Flags(a=1))
+    assert type(back) is Flags and back == {"a": 1}

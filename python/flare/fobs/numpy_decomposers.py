@@ -23,6 +23,8 @@ _MAGIC = b"\x93NUMPY"
 _ALIGN = 64
 # numpy refuses larger headers too: literal_eval over a crafted one is the only cost a header can cause
 _MAX_HEADER = 10000
+# what the .npy header adds to an array's bytes, near enough to apply the datum threshold to the whole .npy form
+_HEADER_ESTIMATE = 128
 _ENCODING = {1: ("<H", "latin1"), 2: ("<I", "latin1"), 3: ("<I", "utf8")}
 _ENC_TYPE, _ENC_DATA, _NATIVE, _REF = "type", "data", "native", "ref"
 
@@ -135,7 +137,7 @@ class NumpyArrayDecomposer(Decomposer[np.ndarray]):
     def decompose(self, target: np.ndarray, manager: DatumManager | None = None) -> Any:
         if target.dtype.hasobject:
             raise SerializationError("numpy object arrays cannot be serialized without pickle")
-        if manager is not None and target.nbytes + _MAX_HEADER // 100 >= manager.threshold:
+        if manager is not None and target.nbytes + _HEADER_ESTIMATE >= manager.threshold:
             datum = Datum(DatumType.BLOB, NpyValue(target))
             manager.add_datum(datum)
             return {_ENC_TYPE: _NATIVE, _ENC_DATA: DatumRef(datum.datum_id, True)}

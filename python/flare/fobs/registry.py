@@ -222,6 +222,9 @@ class Registry:
         return instance
 
 
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: the class was defined in Python
+
+
 def _generic_for(obj: Any) -> Decomposer | None:
     cls = type(obj)
     if isinstance(obj, Enum):
@@ -229,6 +232,10 @@ def _generic_for(obj: Any) -> Decomposer | None:
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         return NamedTupleDecomposer(cls)
     if callable(obj) or isinstance(obj, types.ModuleType):
+        return None
+    # a class built on a C type (a torch tensor, an exception, a dict subclass) keeps its state outside __dict__:
+    # its attributes alone would arrive as an empty shell
+    if any(base is not object and not base.__flags__ & _HEAP_TYPE for base in cls.__mro__):
         return None
     if dataclasses.is_dataclass(obj) or hasattr(obj, "__dict__"):
         return DataClassDecomposer(cls)
