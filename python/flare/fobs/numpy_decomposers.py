@@ -39,7 +39,7 @@ class NpyValue:
         else:
             flat = np.ascontiguousarray(array).reshape(-1)  # copies only a non-contiguous array
         self.header_text = _header_text(array, fortran)
-        self.data = memoryview(flat.view(np.uint8))
+        self.data = flat.view(np.uint8).data
         self.array = array  # the memory above belongs to it: keep it alive until written
 
     def parts(self, offset: int) -> list[Any]:
