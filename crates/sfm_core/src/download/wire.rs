@@ -276,7 +276,7 @@ fn fobs_decode(payload: &Bytes) -> Result<Value, WireError> {
         )));
     }
     let size = u64::from_be_bytes(payload[2..SECTION_HEADER_LEN].try_into().expect("8 bytes"));
-    let end = SECTION_HEADER_LEN as u64 + size;
+    let end = (SECTION_HEADER_LEN as u64).saturating_add(size);
     if end > payload.len() as u64 {
         return Err(WireError::NotFobs(format!(
             "main section of {size} bytes overruns the {}-byte body",
@@ -367,6 +367,13 @@ mod tests {
         .to_vec();
         with_datum.extend_from_slice(&[102, 0, 0, 0, 0, 0, 0, 0, 0, 16]);
         assert_eq!(Request::decode(&Bytes::from(with_datum)), Err(WireError::Datums));
+        // A size that overflows when the header is added.
+        let mut huge = vec![100u8, 0];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(matches!(
+            Request::decode(&Bytes::from(huge)),
+            Err(WireError::NotFobs(_))
+        ));
         let bad_state = fobs_encode(&Value::Map(vec![
             (Value::from("ref_id"), Value::from("R")),
             (
