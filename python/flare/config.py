@@ -8,16 +8,42 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from flare import _sfm
 from flare.errors import ConfigError
 
 _CORE_DEFAULTS: dict[str, Any] = _sfm.default_comm_config()
+_S = TypeVar("_S", bound="_EnvSettings")
+
+
+class _EnvSettings:
+    """``from_env`` and ``as_dict`` for a frozen settings dataclass; ``_concern`` names it in errors."""
+
+    _concern: ClassVar[str]
+
+    @classmethod
+    def from_env(cls: type[_S], **overrides: Any) -> _S:
+        """Defaults, then ``NVFLARE_<NAME>`` / ``FLARE_<NAME>`` from the environment, then ``overrides``."""
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        for name, field in known.items():
+            for prefix in ("NVFLARE_", "FLARE_"):
+                raw = os.environ.get(prefix + name.upper())
+                if raw is not None:
+                    values[name] = _parse(name, raw, field.type)
+        for name, value in overrides.items():
+            if name not in known:
+                raise ConfigError(f"unknown {cls._concern} setting {name!r}; known: {', '.join(sorted(known))}")
+            values[name] = value
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
 
 
 @dataclass(frozen=True)
-class CommSettings:
+class CommSettings(_EnvSettings):
     """Transport settings of one cell. Durations are in seconds.
 
     Attributes
@@ -140,24 +166,26 @@ class CommSettings:
     download_fault_drop_every: int = _CORE_DEFAULTS["download_fault_drop_every"]
     callback_pool_size: int = 8
 
-    @classmethod
-    def from_env(cls, **overrides: Any) -> CommSettings:
-        """Defaults, then ``NVFLARE_<NAME>`` / ``FLARE_<NAME>`` from the environment, then ``overrides``."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for name, field in known.items():
-            for prefix in ("NVFLARE_", "FLARE_"):
-                raw = os.environ.get(prefix + name.upper())
-                if raw is not None:
-                    values[name] = _parse(name, raw, field.type)
-        for name, value in overrides.items():
-            if name not in known:
-                raise ConfigError(f"unknown transport setting {name!r}; known: {', '.join(sorted(known))}")
-            values[name] = value
-        return cls(**values)
+    _concern: ClassVar[str] = "transport"
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class TensorSettings(_EnvSettings):
+    """Settings of tensor downloads (``flare.tensors``). Durations are in seconds.
+
+    Attributes
+    ----------
+    tensor_min_download_timeout:
+        Idle time after which a transaction of torch tensors nobody pulls from ends, when its owner gave no timeout
+        (default 300, NVFlare's name).
+    np_min_download_timeout:
+        The same for numpy arrays (default 300).
+    """
+
+    _concern: ClassVar[str] = "tensor"
+
+    tensor_min_download_timeout: float = 300.0
+    np_min_download_timeout: float = 300.0
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
@@ -174,4 +202,4 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
         raise ConfigError(f"environment setting {name.upper()}={raw!r} is not a valid {kind}") from None
 
 
-__all__ = ["CommSettings"]
+__all__ = ["CommSettings", "TensorSettings"]

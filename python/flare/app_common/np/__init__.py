@@ -1,0 +1,1 @@
+"""numpy parts at NVFlare's ``nvflare.app_common.np`` paths."""
