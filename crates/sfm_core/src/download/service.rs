@@ -64,6 +64,7 @@ struct ServiceInner {
     /// `download_send_budget` in KiB: encoded replies hold permits until their last byte is released.
     send_budget: Arc<Semaphore>,
     send_budget_kib: u32,
+    reply_buffers: Arc<ReplyBuffers>,
 }
 
 /// A cell's download service. Cheap to clone; the service stops when the last clone is dropped.
@@ -95,6 +96,10 @@ impl DownloadService {
             wake: Arc::new(Notify::new()),
             send_budget: Arc::new(Semaphore::new(budget_kib as usize)),
             send_budget_kib: budget_kib,
+            reply_buffers: Arc::new(ReplyBuffers {
+                free: Mutex::new(Vec::new()),
+                limit: usize::try_from(config.send_budget).unwrap_or(usize::MAX),
+            }),
             config,
         });
         let weak = Arc::downgrade(&inner);
@@ -279,12 +284,14 @@ impl ServiceInner {
             tracing::warn!(ref_id = %req.ref_id, %receiver, "no room to send a download reply; the receiver will retry");
             return responder.discard();
         };
-        let mut message = fobs_reply(&reply);
-        message.payload = Bytes::from_owner(Budgeted {
-            bytes: message.payload,
+        let mut buf = self.reply_buffers.take();
+        reply.encode_into(&mut buf);
+        let payload = Bytes::from_owner(Budgeted {
+            buf,
+            pool: self.reply_buffers.clone(),
             _permit: permit,
         });
-        responder.reply(message);
+        responder.reply(fobs_message(payload));
     }
 
     /// Waits until the reply fits in `download_send_budget` (a reply larger than the whole budget goes alone), at
@@ -447,22 +454,56 @@ impl ServiceInner {
     }
 }
 
-/// An encoded reply and its share of the send budget, returned when the last slice of the reply is dropped.
+/// An encoded reply and its share of the send budget: when the last slice of the reply is dropped, the budget is
+/// returned and the buffer goes back to the pool.
 struct Budgeted {
-    bytes: Bytes,
+    buf: Vec<u8>,
+    pool: Arc<ReplyBuffers>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for Budgeted {
     fn as_ref(&self) -> &[u8] {
-        &self.bytes
+        &self.buf
+    }
+}
+
+impl Drop for Budgeted {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Buffers of sent replies, kept for the next ones: writing a chunk into memory the process already has costs a
+/// copy, into fresh memory a page fault per page as well. Keeps at most `download_send_budget` bytes idle.
+struct ReplyBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+    limit: usize,
+}
+
+impl ReplyBuffers {
+    fn take(&self) -> Vec<u8> {
+        self.free.lock().expect("buffers lock").pop().unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut free = self.free.lock().expect("buffers lock");
+        let idle: usize = free.iter().map(Vec::capacity).sum();
+        if idle + buf.capacity() <= self.limit {
+            free.push(buf);
+        }
     }
 }
 
 fn fobs_reply(reply: &Reply) -> Message {
+    fobs_message(reply.encode())
+}
+
+fn fobs_message(payload: Bytes) -> Message {
     let mut headers = Headers::new();
     headers.insert(keys::PAYLOAD_ENCODING, encoding::FOBS);
-    Message::new(headers, reply.encode())
+    Message::new(headers, payload)
 }
 
 /// The offset a byte source serves next, or `None` at the end.

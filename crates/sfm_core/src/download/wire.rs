@@ -9,7 +9,7 @@
 //! Our owners add `total_size` and `chunk_size` to byte replies; NVFlare ignores them, our receivers use them to
 //! ask for several chunks at once.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 use crate::frame::{decode_value, encode_value, Value};
 
@@ -179,6 +179,13 @@ pub struct Layout {
 
 impl Reply {
     pub fn encode(&self) -> Bytes {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        Bytes::from(out)
+    }
+
+    /// Appends the encoded reply to `out`, so that an owner can reuse its buffers.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let status = |s: &str| (Value::from(key::STATUS), Value::from(s));
         let map = match self {
             Reply::Eof => vec![status("eof")],
@@ -208,7 +215,7 @@ impl Reply {
                 map
             }
         };
-        fobs_encode(&Value::Map(map))
+        fobs_encode_into(&Value::Map(map), out);
     }
 
     pub fn decode(payload: &Bytes) -> Result<Reply, WireError> {
@@ -246,16 +253,23 @@ impl Reply {
     }
 }
 
-/// A FOBS body with one main section and no datums, encoded in place: a chunk's bytes are copied once.
+/// A FOBS body with one main section and no datums.
 fn fobs_encode(value: &Value) -> Bytes {
-    let mut out = BytesMut::with_capacity(SECTION_HEADER_LEN + 64 + encoded_data_len(value));
+    let mut out = Vec::new();
+    fobs_encode_into(value, &mut out);
+    Bytes::from(out)
+}
+
+/// Encodes in place after what `out` holds: a chunk's bytes are copied once.
+fn fobs_encode_into(value: &Value, out: &mut Vec<u8>) {
+    out.reserve(SECTION_HEADER_LEN + 64 + encoded_data_len(value));
+    let start = out.len();
     out.put_u8(MARKER_MAIN);
     out.put_u8(0);
     out.put_u64(0);
-    encode_value(value, &mut out);
-    let size = (out.len() - SECTION_HEADER_LEN) as u64;
-    out[2..SECTION_HEADER_LEN].copy_from_slice(&size.to_be_bytes());
-    out.freeze()
+    encode_value(value, out);
+    let size = (out.len() - start - SECTION_HEADER_LEN) as u64;
+    out[start + 2..start + SECTION_HEADER_LEN].copy_from_slice(&size.to_be_bytes());
 }
 
 /// Bytes of binary data in a value: what dominates its encoded size.
