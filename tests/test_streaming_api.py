@@ -142,7 +142,7 @@ def test_object_streamer_round_trips_plain_data_safely(pair):
     obj = {"round": 2, "metrics": {"acc": 0.91}, "blob": os.urandom(3 * MIB), "names": ["a", "b"]}
     assert ObjectStreamer(client).send("server", "s", "obj", obj).ok
     assert done.wait(10) and got == [obj]
-    with pytest.raises(FlareError, match="cannot stream a object"):
+    with pytest.raises(FlareError, match="object cannot be serialized"):
         ObjectStreamer(client).send("server", "s", "obj", object())
 
 
@@ -194,3 +194,29 @@ def test_an_empty_container_arrives_empty(pair):
     ContainerStreamer(server).register_receiver("s", "c", on_container=lambda c, o: (got.append(c), done.set()))
     assert ContainerStreamer(client).send("server", "s", "c", []).ok
     assert done.wait(10) and got == [[]]
+
+
+def test_object_streamer_carries_arrays_and_registered_classes(pair):
+    import dataclasses
+
+    import numpy as np
+
+    from flare import fobs
+    from flare.streaming import ObjectStreamer
+
+    @dataclasses.dataclass
+    class Update:
+        round: int
+        weights: dict
+
+    fobs.register_data_classes(Update)
+    server, client = pair
+    got, done = [], threading.Event()
+    ObjectStreamer(server).register_receiver("s", "upd", lambda obj, m: (got.append(obj), done.set()))
+    weights = {"fc": np.arange(4 * MIB, dtype=np.float32).reshape(1024, -1)}
+    assert ObjectStreamer(client).send("server", "s", "upd", Update(3, weights)).ok
+    assert done.wait(10)
+    received = got[0]
+    assert isinstance(received, Update) and received.round == 3
+    assert received.weights["fc"].dtype == np.float32 and np.array_equal(received.weights["fc"], weights["fc"])
+    assert not received.weights["fc"].flags.owndata, "the array is a view over the received buffer"

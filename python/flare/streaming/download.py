@@ -24,12 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from flare import _sfm
+from flare import _sfm, fobs
 from flare.apis.signal import Signal
 from flare.cellnet import Cell
-from flare.errors import ConfigError, SerializationError
+from flare.errors import ConfigError
 from flare.streaming.progress import ProgressCallback, ProgressLog
 
 log = logging.getLogger(__name__)
@@ -152,12 +150,9 @@ class ObjectDownloader:
         ref_id: str | None = None,
         downloaded_cb: ReceiverCallback | None = None,
     ) -> str:
-        """Serves ``obj`` serialized (msgpack of plain data: None, bool, int, float, str, bytes, list, dict);
-        receivers get it back with ``download_object``."""
-        try:
-            payload = msgpack.packb(obj, use_bin_type=True)
-        except (TypeError, ValueError) as e:
-            raise SerializationError(f"cannot serialize a {type(obj).__name__} for download: {e}") from None
+        """Serves ``obj`` serialized with FOBS (see docs/fobs.md for the types it covers); receivers get it back with
+        ``download_object``."""
+        payload = fobs.dumps(obj)
         rid = self._service.add_bytes(self.tx_id, payload, chunk_size, ref_id)
         return self._added(rid, obj, downloaded_cb)
 
@@ -261,12 +256,8 @@ def download_bytes(
 def download_object(
     from_fqcn: str, ref_id: str, per_request_timeout: float | None = None, cell: Cell | None = None, **options: Any
 ) -> Any:
-    """The object served with ``ObjectDownloader.add_object``."""
-    payload = download_bytes(from_fqcn, ref_id, per_request_timeout, cell, **options)
-    try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise SerializationError(f"downloaded object {ref_id} is corrupt: {e}") from None
+    """The object served with ``ObjectDownloader.add_object``; arrays in it are views over the downloaded buffer."""
+    return fobs.loads(download_bytes(from_fqcn, ref_id, per_request_timeout, cell, **options))
 
 
 def download_items(

@@ -1,7 +1,7 @@
-"""Objects and containers, serialized and streamed.
+"""Objects and containers, serialized with FOBS and streamed.
 
-Serialization is msgpack of plain data (None, bool, int, float, str, bytes, list, dict): nothing read from the wire
-can name a type to build, so deserialization cannot run code. (Richer objects arrive with FOBS.)
+FOBS checks every type name read from the wire against its allowlist before anything is looked up, so receiving
+cannot run code; numpy arrays arrive as views over the received buffer. Bytes-like values travel as they are.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgpack
-
+from flare import fobs
 from flare.cellnet import Cell, Message
 from flare.errors import SerializationError
 from flare.streaming.blob import StreamResult, push_each
@@ -22,28 +21,22 @@ from flare.streaming.keys import Streamer
 log = logging.getLogger(__name__)
 
 _RAW = "raw"
-_MSGPACK = "msgpack"
+_FOBS = "fobs"
 
 
 def encode(value: Any) -> tuple[Any, str]:
-    """Bytes-like values travel as they are (no copy); anything else as msgpack."""
+    """Bytes-like values travel as they are (no copy); anything else as FOBS."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return value, _RAW
-    try:
-        return msgpack.packb(value, use_bin_type=True), _MSGPACK
-    except (TypeError, ValueError) as e:
-        raise SerializationError(f"cannot stream a {type(value).__name__}: {e}") from None
+    return fobs.dumps(value), _FOBS
 
 
 def decode(payload: Any, encoding: str) -> Any:
     if encoding == _RAW:
         return payload
-    if encoding != _MSGPACK:
+    if encoding != _FOBS:
         raise SerializationError(f"unknown stream encoding {encoding!r}")
-    try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise SerializationError(f"corrupt streamed object: {e}") from None
+    return fobs.loads(payload)
 
 
 class ObjectStreamer:
@@ -62,7 +55,7 @@ class ObjectStreamer:
 
         def received(m: Message) -> None:
             try:
-                obj = decode(m.payload, m.get_header(Streamer.KEY_ENCODING, _MSGPACK))
+                obj = decode(m.payload, m.get_header(Streamer.KEY_ENCODING, _FOBS))
             except SerializationError as e:
                 log.warning("object from %s dropped: %s", m.origin, e)
                 return
