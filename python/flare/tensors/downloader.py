@@ -185,6 +185,8 @@ def _download(
         try:
             # each piece is one reply's items: decoding it while the next is in flight overlaps the two
             for piece in reader:
+                if not isinstance(piece, list):
+                    raise SerializationError(f"{ref_id} on {from_fqcn} is not a list of items")
                 batch: dict[str, Any] = {}
                 for item in piece:
                     batch.update(decode(item))

@@ -93,10 +93,10 @@ def dtype_of(value: Any) -> DType:
     kind = value.dtype
     if kind.fields is not None or kind.subdtype is not None or kind.hasobject:
         raise SerializationError(f"numpy dtype {kind} has no safetensors form")
-    d = _BY_NUMPY.get(kind.name)  # the name leaves byte order out: encode writes little-endian
-    if d is None:
+    found = _BY_NUMPY.get(kind.name)  # the name leaves byte order out: encode writes little-endian
+    if found is None:
         raise SerializationError(f"numpy dtype {kind} has no safetensors form")
-    return d
+    return found
 
 
 def header(entries: list[tuple[str, DType, tuple[int, ...], int, int]]) -> bytes:
@@ -162,10 +162,10 @@ def parse(buf: Any) -> tuple[list[Entry], dict[str, str]]:
     entries = [_entry(key, info, data_start) for key, info in doc.items()]
     # like the reference reader: the tensors tile the data exactly, no gap, no overlap, nothing after
     covered = 0
-    for e in sorted(entries, key=lambda e: (e.start, e.end)):
-        if e.start - data_start != covered:
-            raise SerializationError(f"safetensors: tensor {e.key!r} does not start where the previous one ended")
-        covered = e.end - data_start
+    for ent in sorted(entries, key=lambda x: (x.start, x.end)):
+        if ent.start - data_start != covered:
+            raise SerializationError(f"safetensors: tensor {ent.key!r} does not start where the previous one ended")
+        covered = ent.end - data_start
     if covered != data_size:
         raise SerializationError(f"safetensors: tensors cover {covered} of {data_size} data bytes")
     return entries, metadata
