@@ -13,6 +13,8 @@ from flare.cellnet import Cell, Message, ReturnCode
 from flare.config import CommSettings
 from flare.errors import ConfigError, FlareError, FlareTimeoutError, TransportError
 
+MIB = 1024 * 1024
+
 
 @pytest.fixture
 def pair():
@@ -80,10 +82,42 @@ def test_payload_kinds_and_zero_copy_reply(pair):
     import array
 
     floats = array.array("f", [1.0, 2.5])
-    reply = client.request("server", "t", "echo", floats)
+    reply = client.request("server", "t", "echo", memoryview(floats))
     assert bytes(reply.payload) == floats.tobytes()
-    with pytest.raises(TypeError, match="bytes-like"):
-        client.request("server", "t", "echo", "a str is not bytes")
+
+
+def test_objects_travel_as_fobs_both_ways(pair):
+    import numpy as np
+
+    from flare.errors import SerializationError
+
+    server, client = pair
+    got = []
+
+    def handler(req: Message):
+        got.append(req.payload)
+        return {"seen": sorted(req.payload), "echo": req.payload}
+
+    server.register_request_cb("t", "obj", handler)
+    big = np.arange(3 * MIB // 8, dtype=np.float64)  # above stream_threshold: carried as a stream
+    for payload in ("a str", {"round": 2, "w": np.ones((4, 4), np.float32)}, {"w": big}, (1, 2)):
+        reply = client.request("server", "t", "obj", payload)
+        assert reply.ok, reply.error
+        assert reply.get_header("cn__payload_encoding") == "fobs"
+        echoed = reply.payload["echo"]
+        if isinstance(payload, dict):
+            assert all(np.array_equal(echoed[k], v) if isinstance(v, np.ndarray) else echoed[k] == v
+                       for k, v in payload.items())
+        else:
+            assert echoed == payload
+    assert isinstance(got[2]["w"], np.ndarray) and got[2]["w"].dtype == np.float64
+    blobs = []
+    done = threading.Event()
+    server.register_blob_cb("t", "blob", lambda m: (blobs.append(m.payload), done.set()))
+    client.send_blob("server", "t", "blob", {"layer": big})
+    assert done.wait(10) and np.array_equal(blobs[0]["layer"], big)
+    with pytest.raises(SerializationError):
+        client.request("server", "t", "obj", object())
 
 
 def test_handler_results_map_to_replies(pair):

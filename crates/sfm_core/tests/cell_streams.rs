@@ -343,6 +343,30 @@ async fn a_streamed_message_keeps_its_payload_encoding_on_the_stream_not_on_the_
     server.close();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_message_arrives_with_the_encoding_it_was_sent_with() {
+    use sfm_core::cell::{keys, IncomingRequest};
+    let (server, client) = server_and_client(fast_config()).await;
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    server.register_request_handler(
+        "test",
+        "encoded",
+        Arc::new(move |req: IncomingRequest| {
+            let _ = tx.send(req.message.header_str(keys::PAYLOAD_ENCODING).map(str::to_string));
+        }),
+    );
+    let mut headers = Headers::new();
+    headers.insert(keys::PAYLOAD_ENCODING, "fobs");
+    let reply = client
+        .request("server", "test", "encoded", headers, pattern(3 * MIB, 5), T)
+        .await;
+    assert_eq!(reply.return_code(), ReturnCode::Ok);
+    let seen = within(T, "the request", seen.recv()).await.unwrap();
+    assert_eq!(seen.as_deref(), Some("fobs"));
+    client.close();
+    server.close();
+}
+
 fn scratch_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("flare-{tag}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();

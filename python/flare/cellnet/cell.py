@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flare import _sfm
-from flare.cellnet.message import Buffer, Message, ReturnCode
+from flare.cellnet.message import Buffer, Message, ReturnCode, decode_payload, encode_payload
 from flare.config import CommSettings
 from flare.errors import ConnectionClosed, FlareError, FlareTimeoutError, FrameTooLarge, TransportError
 
@@ -76,15 +76,17 @@ class Cell:
 
         def handle(headers: dict[str, Any], payload: Any) -> tuple[dict | None, Any] | None:
             try:
-                result = cb(Message(headers, payload))
+                result = cb(Message(headers, decode_payload(headers, payload)))
+                if result is None:
+                    return None
+                if isinstance(result, Message):
+                    payload, reply_headers = encode_payload(result.payload, result.headers)
+                    return reply_headers, payload
+                payload, reply_headers = encode_payload(result, None)
+                return reply_headers, payload
             except Exception as e:  # a handler's failure is the requester's answer, not the transport's problem
                 log.exception("request handler for %s/%s failed", channel, topic)
                 return Message.reply(ReturnCode.PROCESS_EXCEPTION, f"{type(e).__name__}: {e}").headers, None
-            if result is None:
-                return None
-            if isinstance(result, Message):
-                return result.headers, result.payload
-            return None, result
 
         self._core.register_request_cb(channel, topic, handle)
 
@@ -96,7 +98,7 @@ class Cell:
 
         def handle(headers: dict[str, Any], payload: Any) -> None:
             try:
-                cb(Message(headers, payload))
+                cb(Message(headers, decode_payload(headers, payload)))
             except Exception:
                 log.exception("blob handler for %s/%s failed", channel, topic)
 
@@ -117,6 +119,7 @@ class Cell:
         acknowledging for ``streaming_ack_progress_timeout``, ``TransportError`` when the stream is aborted (the
         message says why, e.g. no blob handler on the receiver).
         """
+        payload, headers = encode_payload(payload, headers)
         self._core.send_blob(target, channel, topic, payload, headers)
 
     def register_stream_cb(self, channel: str, topic: str, cb: Callable[[Any], None]) -> None:
@@ -158,8 +161,9 @@ class Cell:
         Failures are replies too: check ``reply.return_code`` (``TIMEOUT``, ``TARGET_UNREACHABLE``, ``COMM_ERROR``,
         ...) and ``reply.error``, or call ``reply.raise_for_status()``.
         """
+        payload, headers = encode_payload(payload, headers)
         h, p = self._core.request(target, channel, topic, payload, headers, timeout)
-        return Message(h, p)
+        return Message(h, decode_payload(h, p))
 
     def broadcast(
         self,
@@ -172,8 +176,9 @@ class Cell:
         timeout: float = 10.0,
     ) -> dict[str, Message]:
         """Sends the request to every target at once; returns each target's reply."""
+        payload, headers = encode_payload(payload, headers)
         replies = self._core.broadcast(list(targets), channel, topic, payload, headers, timeout)
-        return {target: Message(h, p) for target, (h, p) in replies}
+        return {target: Message(h, decode_payload(h, p)) for target, (h, p) in replies}
 
     def fire_and_forget(
         self,
@@ -186,6 +191,7 @@ class Cell:
     ) -> dict[str, str]:
         """Sends without waiting for replies; returns ``{target: ""}`` when sent, or the reason it was not."""
         targets = [targets] if isinstance(targets, str) else list(targets)
+        payload, headers = encode_payload(payload, headers)
         return dict(self._core.fire_and_forget(targets, channel, topic, payload, headers))
 
     def peers(self) -> list[str]:

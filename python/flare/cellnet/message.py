@@ -5,7 +5,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-Buffer = Any  # any bytes-like object: bytes, bytearray, memoryview, contiguous numpy array, flare._sfm.Payload
+from flare import _sfm, fobs
+
+Buffer = Any  # bytes, bytearray, memoryview or flare._sfm.Payload travel as they are; other objects as FOBS
 
 
 class ReturnCode(str, Enum):
@@ -112,3 +114,33 @@ class Message:
 
 
 __all__ = ["Message", "MessageHeaderKey", "ReturnCode"]
+
+
+class Encoding:
+    """Values of ``cn__payload_encoding`` (NVFlare's)."""
+
+    BYTES = "bytes"
+    FOBS = "fobs"
+    NONE = "none"
+
+
+_RAW_TYPES = (bytes, bytearray, memoryview, _sfm.Payload)
+
+
+def encode_payload(payload: Any, headers: dict[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
+    """As NVFlare's cells do: bytes-like payloads travel as they are, any other object as FOBS (its encoding named
+    in ``cn__payload_encoding``, so that the receiver, NVFlare's or ours, loads it back)."""
+    if payload is None or isinstance(payload, _RAW_TYPES):
+        return payload, headers
+    return fobs.dumps(payload), {**(headers or {}), MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS}
+
+
+def decode_payload(headers: dict[str, Any], payload: Any) -> Any:
+    """The payload as its sender meant it: FOBS-encoded payloads are loaded (arrays as views over the received
+    buffer), others stay the received buffer."""
+    encoding = headers.get(MessageHeaderKey.PAYLOAD_ENCODING)
+    if encoding == Encoding.FOBS:
+        return fobs.loads(payload)
+    if encoding == Encoding.NONE:
+        return None
+    return payload

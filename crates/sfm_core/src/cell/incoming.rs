@@ -297,5 +297,9 @@ fn app_headers(chunk: &Headers, header: &ChunkHeader) -> Headers {
     headers.insert(keys::CHANNEL, header.channel.as_str());
     headers.insert(keys::TOPIC, header.topic.as_str());
     headers.insert(keys::PAYLOAD_LEN, Value::from(header.total_size));
+    // The whole payload is encoded as the stream says; the chunks' own encoding only describes each chunk.
+    if let Some(encoding) = chunk.get(sm::PAYLOAD_ENCODING) {
+        headers.insert(keys::PAYLOAD_ENCODING, encoding.clone());
+    }
     headers
 }
