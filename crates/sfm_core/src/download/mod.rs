@@ -22,18 +22,17 @@ mod cache;
 pub mod client;
 pub mod retry;
 pub mod service;
+mod sink;
 pub mod source;
 pub mod table;
 pub mod wire;
 
 use std::time::Duration;
 
-pub use client::{
-    download, AbortSignal, DownloadOptions, DownloadReader, DownloadStats, FileSink, MemorySink, Piece,
-    ProgressCallback, Sink,
-};
+pub use client::{download, AbortSignal, DownloadOptions, DownloadReader, DownloadStats, ProgressCallback};
 pub use retry::RetryPolicy;
 pub use service::{DownloadService, TransactionOptions};
+pub use sink::{FileSink, MemorySink, Piece, Sink};
 pub use source::{ItemProducer, Source};
 pub use table::{ReceiverStatus, TxInfo, TxOutcome, TxStatus};
 
