@@ -98,6 +98,7 @@ DECOMPOSER_ALIASES: dict[str, str] = {
     _NVF_NUMPY + "Float64ScalarDecomposer": "flare.fobs.numpy_decomposers.Float64ScalarDecomposer",
     _NVF_NUMPY + "Int32ScalarDecomposer": "flare.fobs.numpy_decomposers.Int32ScalarDecomposer",
     _NVF_NUMPY + "Int64ScalarDecomposer": "flare.fobs.numpy_decomposers.Int64ScalarDecomposer",
+    "nvflare.app_opt.pt.decomposers.TensorDecomposer": "flare.fobs.torch_decomposers.TensorDecomposer",
     "nvflare.app_common.decomposers.common_decomposers.FLModelDecomposer": (
         "flare.fobs.app_decomposers.FLModelDecomposer"
     ),

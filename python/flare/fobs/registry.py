@@ -16,6 +16,7 @@ import sys
 import threading
 import types
 from enum import Enum
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from flare.errors import SerializationError, TypeNotAllowed
@@ -60,6 +61,9 @@ class Registry:
         self._decomposer_names: set[str] = set()  # flare names of the decomposers registered
         self._dots: dict[int, Decomposer] = {}
         self._builtins_done = False
+        # decomposers of optional packages too heavy to import up front (torch), added when first needed
+        self._deferred: dict[str, Callable[[], list[Decomposer]]] = {}
+        self._deferred_dots: dict[int, str] = {}
 
     # registration
 
@@ -123,6 +127,8 @@ class Registry:
             self._allowed.clear()
             self._decomposer_names.clear()
             self._dots.clear()
+            self._deferred.clear()
+            self._deferred_dots.clear()
             self._builtins_done = False
             self._ensure_builtins()
 
@@ -132,17 +138,38 @@ class Registry:
             return len(self._dump)
 
     def dot_handler(self, dot: int) -> Decomposer | None:
-        return self._dots.get(dot)
+        found = self._dots.get(dot)
+        if found is None and dot in self._deferred_dots:
+            with self._lock:
+                self._load_deferred(self._deferred_dots[dot])
+            found = self._dots.get(dot)
+        return found
+
+    def _load_deferred(self, type_name: str) -> bool:
+        """Adds the deferred decomposers serving ``type_name``; False if there are none."""
+        factory = self._deferred.pop(type_name, None)
+        if factory is None:
+            return False
+        for dot in [d for d, name in self._deferred_dots.items() if name == type_name]:
+            del self._deferred_dots[dot]
+        for instance in factory():
+            self._add(instance, instance.supported_type())
+        return True
 
     def _ensure_builtins(self) -> None:
         if self._builtins_done:
             return
         self._builtins_done = True
         self._allowed.update(NVFLARE_BUILTIN_TYPES)
-        from flare.fobs.builtin_registry import builtin_decomposers
+        from flare.fobs.builtin_registry import builtin_decomposers, deferred_decomposers
 
         for instance in builtin_decomposers():
             self._add(instance, instance.supported_type())
+        for type_name, (factory, dots) in deferred_decomposers().items():
+            self._allowed.add(type_name)
+            self._deferred[type_name] = factory
+            for dot in dots:
+                self._deferred_dots[dot] = type_name
 
     # dump side
 
@@ -156,6 +183,8 @@ class Registry:
             entry = self._dump.get(cls)
             if entry is not None:
                 return entry
+            if self._deferred and self._load_deferred(class_name(cls)):
+                return self._dump[cls]
             instance = _generic_for(obj)
             if instance is None:
                 raise SerializationError(
@@ -174,6 +203,9 @@ class Registry:
                 self._ensure_builtins()
         if not isinstance(type_name, str):
             raise TypeNotAllowed(f"type name {quoted(type_name)} is not a string")
+        if type_name in self._deferred:
+            with self._lock:
+                self._load_deferred(type_name)
         dc_name = None
         if decomposer_name is not None:
             if not isinstance(decomposer_name, str):
