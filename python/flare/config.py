@@ -180,12 +180,27 @@ class TensorSettings(_EnvSettings):
         (default 300, NVFlare's name).
     np_min_download_timeout:
         The same for numpy arrays (default 300).
+    tensor_download_chunk_size, np_download_chunk_size:
+        Most bytes of items one download reply packs (default 2 MiB, NVFlare's). 0 or less turns the transparent
+        download path (docs/fobs.md) off for the type, as in NVFlare: arrays and tensors then always travel inside
+        the message.
+    tensor_download_threshold, np_download_threshold:
+        Bytes of torch tensors (numpy arrays) a cell message must hold for them to go by download rather than inside
+        the message (default 10 MiB; 0 downloads any, as NVFlare does).
+    tensor_streaming_per_request_timeout, np_streaming_per_request_timeout:
+        A receiver's wait for each reply while it downloads what a message refers to (default 600).
     """
 
     _concern: ClassVar[str] = "tensor"
 
     tensor_min_download_timeout: float = 300.0
     np_min_download_timeout: float = 300.0
+    tensor_download_chunk_size: int = 2 * 1024 * 1024
+    np_download_chunk_size: int = 2 * 1024 * 1024
+    tensor_download_threshold: int = 10 * 1024 * 1024
+    np_download_threshold: int = 10 * 1024 * 1024
+    tensor_streaming_per_request_timeout: float = 600.0
+    np_streaming_per_request_timeout: float = 600.0
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

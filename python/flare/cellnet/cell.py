@@ -51,6 +51,8 @@ class Cell:
         self._parent_url = parent_url
         self._started = False
         self.url: str | None = None
+        # given to FOBS with every payload (NVFlare's keys: num_receivers, download_complete_cb, ...)
+        self.fobs_ctx: dict[str, Any] = {}
 
     @property
     def fqcn(self) -> str:
@@ -76,13 +78,13 @@ class Cell:
 
         def handle(headers: dict[str, Any], payload: Any) -> tuple[dict | None, Any] | None:
             try:
-                result = cb(Message(headers, decode_payload(headers, payload)))
+                result = cb(Message(headers, decode_payload(headers, payload, self)))
                 if result is None:
                     return None
                 if isinstance(result, Message):
-                    payload, reply_headers = encode_payload(result.payload, result.headers)
+                    payload, reply_headers = encode_payload(result.payload, result.headers, self)
                     return reply_headers, payload
-                payload, reply_headers = encode_payload(result, None)
+                payload, reply_headers = encode_payload(result, None, self)
                 return reply_headers, payload
             except Exception as e:  # a handler's failure is the requester's answer, not the transport's problem
                 log.exception("request handler for %s/%s failed", channel, topic)
@@ -98,7 +100,7 @@ class Cell:
 
         def handle(headers: dict[str, Any], payload: Any) -> None:
             try:
-                cb(Message(headers, decode_payload(headers, payload)))
+                cb(Message(headers, decode_payload(headers, payload, self)))
             except Exception:
                 log.exception("blob handler for %s/%s failed", channel, topic)
 
@@ -119,7 +121,7 @@ class Cell:
         acknowledging for ``streaming_ack_progress_timeout``, ``TransportError`` when the stream is aborted (the
         message says why, e.g. no blob handler on the receiver).
         """
-        payload, headers = encode_payload(payload, headers)
+        payload, headers = encode_payload(payload, headers, self)
         self._core.send_blob(target, channel, topic, payload, headers)
 
     def register_stream_cb(self, channel: str, topic: str, cb: Callable[[Any], None]) -> None:
@@ -161,9 +163,9 @@ class Cell:
         Failures are replies too: check ``reply.return_code`` (``TIMEOUT``, ``TARGET_UNREACHABLE``, ``COMM_ERROR``,
         ...) and ``reply.error``, or call ``reply.raise_for_status()``.
         """
-        payload, headers = encode_payload(payload, headers)
+        payload, headers = encode_payload(payload, headers, self)
         h, p = self._core.request(target, channel, topic, payload, headers, timeout)
-        return Message(h, decode_payload(h, p))
+        return Message(h, decode_payload(h, p, self))
 
     def broadcast(
         self,
@@ -176,9 +178,10 @@ class Cell:
         timeout: float = 10.0,
     ) -> dict[str, Message]:
         """Sends the request to every target at once; returns each target's reply."""
-        payload, headers = encode_payload(payload, headers)
-        replies = self._core.broadcast(list(targets), channel, topic, payload, headers, timeout)
-        return {target: Message(h, decode_payload(h, p)) for target, (h, p) in replies}
+        targets = list(targets)
+        payload, headers = encode_payload(payload, headers, self, len(targets))
+        replies = self._core.broadcast(targets, channel, topic, payload, headers, timeout)
+        return {target: Message(h, decode_payload(h, p, self)) for target, (h, p) in replies}
 
     def fire_and_forget(
         self,
@@ -191,7 +194,7 @@ class Cell:
     ) -> dict[str, str]:
         """Sends without waiting for replies; returns ``{target: ""}`` when sent, or the reason it was not."""
         targets = [targets] if isinstance(targets, str) else list(targets)
-        payload, headers = encode_payload(payload, headers)
+        payload, headers = encode_payload(payload, headers, self, len(targets))
         return dict(self._core.fire_and_forget(targets, channel, topic, payload, headers))
 
     def peers(self) -> list[str]:

@@ -127,20 +127,34 @@ class Encoding:
 _RAW_TYPES = (bytes, bytearray, memoryview, _sfm.Payload)
 
 
-def encode_payload(payload: Any, headers: dict[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
+def fobs_ctx_of(cell: Any, num_receivers: int | None = None) -> dict[str, Any] | None:
+    """The FOBS context of a cell's payloads: the cell's own ``fobs_ctx`` entries, and the cell itself, through which
+    large arrays and tensors are served and fetched by download (docs/fobs.md)."""
+    if cell is None:
+        return None
+    ctx = {**cell.fobs_ctx, "cell": cell}
+    if num_receivers is not None and "num_receivers" not in cell.fobs_ctx:
+        ctx["num_receivers"] = num_receivers  # a transaction sent to several targets ends once all have pulled
+    return ctx
+
+
+def encode_payload(
+    payload: Any, headers: dict[str, Any] | None, cell: Any = None, num_receivers: int | None = None
+) -> tuple[Any, dict[str, Any] | None]:
     """As NVFlare's cells do: bytes-like payloads travel as they are, any other object as FOBS (its encoding named
     in ``cn__payload_encoding``, so that the receiver, NVFlare's or ours, loads it back)."""
     if payload is None or isinstance(payload, _RAW_TYPES):
         return payload, headers
-    return fobs.dumps(payload), {**(headers or {}), MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS}
+    encoded = fobs.dumps(payload, fobs_ctx=fobs_ctx_of(cell, num_receivers))
+    return encoded, {**(headers or {}), MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS}
 
 
-def decode_payload(headers: dict[str, Any], payload: Any) -> Any:
+def decode_payload(headers: dict[str, Any], payload: Any, cell: Any = None) -> Any:
     """The payload as its sender meant it: FOBS-encoded payloads are loaded (arrays as views over the received
-    buffer), others stay the received buffer."""
+    buffer, or downloaded when the sender served them by reference), others stay the received buffer."""
     encoding = headers.get(MessageHeaderKey.PAYLOAD_ENCODING)
     if encoding == Encoding.FOBS:
-        return fobs.loads(payload)
+        return fobs.loads(payload, fobs_ctx=fobs_ctx_of(cell))
     if encoding == Encoding.NONE:
         return None
     return payload

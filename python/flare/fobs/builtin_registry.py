@@ -15,6 +15,7 @@ from flare.fobs.builtin_decomposers import (
     TupleDecomposer,
 )
 from flare.fobs.decomposer import DataClassDecomposer, Decomposer
+from flare.fobs.via_downloader import TENSOR_DOWNLOAD
 
 
 def builtin_decomposers() -> list[Decomposer]:
@@ -54,5 +55,5 @@ def deferred_decomposers() -> dict[str, tuple[Callable[[], list[Decomposer]], tu
 
             return torch_decomposers()
 
-        found[TENSOR_TYPE] = (torch_factory, ())
+        found[TENSOR_TYPE] = (torch_factory, (TENSOR_DOWNLOAD,))
     return found

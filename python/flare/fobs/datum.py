@@ -83,6 +83,10 @@ class DatumManager:
         self.threshold = threshold
         self.fobs_ctx = fobs_ctx if fobs_ctx is not None else {}
         self.datums: dict[str, Datum] = {}
+        # decomposers' per-call state, and callbacks run after the body is written: ``cb(manager)`` may add datums,
+        # or return a dict to seed ``state`` of a second pass that writes the body again
+        self.state: dict[str, Any] = {}
+        self.post_cbs: list[Any] = []
         # references read but not yet replaced by their values; lets a load skip the walks when there are none
         self._pending = 0
 
@@ -96,6 +100,19 @@ class DatumManager:
 
     def get_datum(self, datum_id: str) -> Datum | None:
         return self.datums.get(datum_id)
+
+    def register_post_cb(self, cb: Any) -> None:
+        self.post_cbs.append(cb)
+
+    def run_post_cbs(self) -> dict | None:
+        """Runs the post callbacks once each; the state seed for a second pass, if one asked for it."""
+        seed: dict = {}
+        for cb in self.post_cbs:
+            asked = cb(self)
+            if asked:
+                seed.update(asked)
+        self.post_cbs = []
+        return seed or None
 
     # dump side
 

@@ -78,6 +78,14 @@ def _value_parts(datum: Datum, offset: int) -> list[Any]:
 def _sections(obj: Any, max_value_size: int | None, fobs_ctx: dict | None) -> list[Any]:
     manager = DatumManager(max_value_size, fobs_ctx)
     body = encode_body(obj, manager)
+    seed = manager.run_post_cbs()
+    if seed:
+        # a post callback chose differently for part of the body (arrays too small to download): write it again
+        manager = DatumManager(max_value_size, fobs_ctx)
+        manager.state.update(seed)
+        body = encode_body(obj, manager)
+        if manager.run_post_cbs():
+            raise SerializationError("the second pass over the body asked for a third")
     out: list[Any] = [HEADER.pack(MARKER_MAIN, 0, len(body)), body]
     offset = HEADER.size + len(body)
     for datum in manager.datums.values():

@@ -18,6 +18,7 @@ import numpy as np
 from flare.errors import SerializationError
 from flare.fobs.datum import Datum, DatumManager, DatumRef, DatumType
 from flare.fobs.decomposer import Decomposer
+from flare.fobs.via_downloader import NUMPY, as_ref, download, from_ref
 
 _MAGIC = b"\x93NUMPY"
 _ALIGN = 64
@@ -137,18 +138,27 @@ class NumpyArrayDecomposer(Decomposer[np.ndarray]):
     def decompose(self, target: np.ndarray, manager: DatumManager | None = None) -> Any:
         if target.dtype.hasobject:
             raise SerializationError("numpy object arrays cannot be serialized without pickle")
+        ref = as_ref(target, target.nbytes, manager, NUMPY)
+        if ref is not None:
+            return ref
         if manager is not None and target.nbytes + _HEADER_ESTIMATE >= manager.threshold:
             datum = Datum(DatumType.BLOB, NpyValue(target))
             manager.add_datum(datum)
             return {_ENC_TYPE: _NATIVE, _ENC_DATA: DatumRef(datum.datum_id, True)}
         return {_ENC_TYPE: _NATIVE, _ENC_DATA: npy_bytes(target)}
 
+    def supported_dots(self) -> list[int]:
+        return [NUMPY.dot]
+
+    def process_datum(self, datum: Datum, manager: DatumManager) -> None:
+        download(datum, manager)
+
     def recompose(self, data: Any, manager: DatumManager | None = None) -> np.ndarray:
         if not isinstance(data, dict):
             raise SerializationError("numpy array: expected a map")
         kind, payload = data.get(_ENC_TYPE), data.get(_ENC_DATA)
         if kind == _REF:
-            raise SerializationError("numpy array sent by reference: tensor downloads are not available yet")
+            return from_ref(payload, manager, NUMPY)
         if kind != _NATIVE or not isinstance(payload, (bytes, memoryview)):
             raise SerializationError(f"numpy array: unknown encoding {kind!r}")
         # an out-of-band section arrives as a memoryview into the input: build over it. Bytes from the msgpack body

@@ -18,6 +18,7 @@ import torch
 from flare.errors import SerializationError
 from flare.fobs.datum import Datum, DatumManager, DatumRef, DatumType
 from flare.fobs.decomposer import Decomposer
+from flare.fobs.via_downloader import TENSOR, as_ref, download, from_ref
 from flare.tensors import safetensors
 
 _KEY = "t"  # the one key NVFlare's form holds
@@ -77,7 +78,16 @@ class TensorDecomposer(Decomposer[torch.Tensor]):
     def supported_type(self) -> type[torch.Tensor]:
         return torch.Tensor
 
+    def supported_dots(self) -> list[int]:
+        return [TENSOR.dot]
+
+    def process_datum(self, datum: Datum, manager: DatumManager) -> None:
+        download(datum, manager)
+
     def decompose(self, target: torch.Tensor, manager: DatumManager | None = None) -> Any:
+        ref = as_ref(target, target.numel() * target.element_size(), manager, TENSOR)
+        if ref is not None:
+            return ref
         if manager is not None and target.numel() * target.element_size() + 128 >= manager.threshold:
             datum = Datum(DatumType.BLOB, SafetensorsValue(target))
             manager.add_datum(datum)
@@ -88,6 +98,8 @@ class TensorDecomposer(Decomposer[torch.Tensor]):
         if not isinstance(data, dict):
             raise SerializationError("torch tensor: expected a map")
         kind, payload = data.get(_ENC_TYPE), data.get(_ENC_DATA)
+        if kind == _REF:
+            return from_ref(payload, manager, TENSOR)
         if kind != _NATIVE or not isinstance(payload, (bytes, memoryview)):
             raise SerializationError(f"torch tensor: unknown encoding {kind!r}")
         # as for numpy arrays: over an out-of-band section without a copy, small body bytes copied to be writable

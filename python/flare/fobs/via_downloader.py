@@ -1,0 +1,165 @@
+"""Arrays and tensors by reference: NVFlare's download path inside FOBS.
+
+When a dump's FOBS context holds a cell (``fobs_ctx["cell"]``; cell payloads carry theirs) and downloads are on for
+the type (``<prefix>download_chunk_size`` > 0, NVFlare's switch), each numpy array or torch tensor is written as
+``{"type": "ref", "data": "T<n>"}`` and collected. After the body is written, if the type's items add up to at least
+``<prefix>download_threshold`` bytes, they are served in one download transaction on that cell (``add_arrays``'
+``.npz`` items for numpy, ``add_tensors``' safetensors items for torch, as NVFlare's downloadables make them), and
+the message carries a TEXT datum with dot NUMPY_DOWNLOAD (3) or TENSOR_DOWNLOAD (6) holding
+``{"fqcn": <owner>, "ref_id": <uuid>}``. Below the threshold the body is written again with the type in its native
+form, so a small message costs no round trips.
+
+On load, the datum is handled before the body is read: the receiver, whose FOBS context must hold its cell,
+downloads the items and each reference is filled in with its array or tensor (views over the received buffers).
+
+Prefixes are NVFlare's: ``np_`` for numpy, ``tensor_`` for torch; settings are ``flare.config.TensorSettings``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flare.errors import SerializationError
+from flare.fobs.datum import Datum, DatumManager, DatumType
+
+NUMPY_DOWNLOAD = 3
+TENSOR_DOWNLOAD = 6
+
+# fobs_ctx keys, NVFlare's names
+CELL = "cell"
+NUM_RECEIVERS = "num_receivers"
+DOWNLOAD_REQ_TIMEOUT = "download_req_timeout"
+ABORT_SIGNAL = "abort_signal"
+DOWNLOAD_COMPLETE_CB = "download_complete_cb"
+NATIVE = "native"  # True: every array and tensor of this dump in its native form
+
+_STATE = "via_downloader"  # manager.state key: per-type items of this dump
+_FORCE_NATIVE = "via_downloader_native"  # manager.state key: prefixes a second pass writes natively
+_ENC_TYPE, _ENC_DATA, _REF = "type", "data", "ref"
+_FQCN, _REF_ID = "fqcn", "ref_id"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between numpy arrays and torch tensors on this path."""
+
+    prefix: str
+    dot: int
+
+
+NUMPY = Kind("np_", NUMPY_DOWNLOAD)
+TENSOR = Kind("tensor_", TENSOR_DOWNLOAD)
+_KINDS = {NUMPY.dot: NUMPY, TENSOR.dot: TENSOR}
+
+
+class _Items:
+    """The arrays or tensors of one type met in one dump, each once however often it appears."""
+
+    def __init__(self) -> None:
+        self.ids: dict[int, str] = {}
+        self.values: dict[str, Any] = {}
+        self.nbytes = 0
+
+    def add(self, target: Any, nbytes: int) -> str:
+        item_id = self.ids.get(id(target))
+        if item_id is None:
+            item_id = f"T{len(self.values)}"
+            self.ids[id(target)] = item_id
+            self.values[item_id] = target  # also keeps id(target) from being reused during the dump
+            self.nbytes += nbytes
+        return item_id
+
+
+def _settings() -> Any:
+    from flare.config import TensorSettings
+
+    return TensorSettings.from_env()
+
+
+def as_ref(target: Any, nbytes: int, manager: DatumManager | None, kind: Kind) -> dict | None:
+    """The reference that stands for ``target`` in the body, or None when it goes in its native form."""
+    if manager is None:
+        return None
+    ctx = manager.fobs_ctx
+    if not ctx.get(CELL) or ctx.get(NATIVE) or kind.prefix in manager.state.get(_FORCE_NATIVE, ()):
+        return None
+    if getattr(_settings(), kind.prefix + "download_chunk_size") <= 0:
+        return None
+    found = manager.state.setdefault(_STATE, {})
+    if not found:
+        manager.post_cbs.append(_finish)
+    items = found.setdefault(kind, _Items())
+    return {_ENC_TYPE: _REF, _ENC_DATA: items.add(target, nbytes)}
+
+
+def _finish(manager: DatumManager) -> dict | None:
+    """After the body: serves what crossed the threshold; asks for a second, native pass for the rest."""
+    from flare.streaming.download import ObjectDownloader
+    from flare.tensors.downloader import add_arrays, add_tensors
+
+    found: dict[Kind, _Items] = manager.state.get(_STATE, {})
+    settings = _settings()
+    small = {k.prefix for k, items in found.items() if items.nbytes < getattr(settings, k.prefix + "download_threshold")}
+    if small:
+        return {_FORCE_NATIVE: small}
+    ctx = manager.fobs_ctx
+    cell = ctx[CELL]
+    timeout = max(getattr(settings, k.prefix + "min_download_timeout") for k in found)
+    downloader = ObjectDownloader(
+        cell,
+        timeout=timeout,
+        num_receivers=ctx.get(NUM_RECEIVERS) or 1,
+        transaction_done_cb=ctx.get(DOWNLOAD_COMPLETE_CB),
+    )
+    for kind, items in found.items():
+        ref_id = str(uuid.uuid4())
+        add = add_arrays if kind is NUMPY else add_tensors
+        chunk = int(getattr(settings, kind.prefix + "download_chunk_size"))
+        add(downloader, items.values, max_chunk_size=chunk, ref_id=ref_id)
+        ref = json.dumps({_FQCN: cell.fqcn, _REF_ID: ref_id})
+        manager.add_datum(Datum(DatumType.TEXT, ref, kind.dot))
+    ctx["downloader"] = downloader
+    return None
+
+
+def download(datum: Datum, manager: DatumManager) -> None:
+    """Pulls the items a download datum names; the references in the body are then filled in from them."""
+    from flare.tensors.downloader import download_arrays, download_tensors
+
+    kind = _KINDS.get(datum.dot)
+    if kind is None:
+        raise SerializationError(f"datum object type {datum.dot} is not a download")
+    try:
+        ref = json.loads(datum.value)
+        fqcn, ref_id = ref[_FQCN], ref[_REF_ID]
+        if not isinstance(fqcn, str) or not isinstance(ref_id, str):
+            raise TypeError("fqcn and ref_id must be strings")
+    except (ValueError, TypeError, KeyError) as e:
+        raise SerializationError(f"download datum: bad reference ({type(e).__name__}: {e})") from None
+    ctx = manager.fobs_ctx
+    cell = ctx.get(CELL)
+    if cell is None:
+        raise SerializationError(
+            f"the payload's arrays or tensors are to be downloaded from {fqcn}, and loading it needs a cell: "
+            "pass fobs_ctx={'cell': cell}"
+        )
+    timeout = ctx.get(DOWNLOAD_REQ_TIMEOUT) or getattr(_settings(), kind.prefix + "streaming_per_request_timeout")
+    fetch = download_arrays if kind is NUMPY else download_tensors
+    error, items = fetch(fqcn, ref_id, timeout, cell, abort_signal=ctx.get(ABORT_SIGNAL))
+    if error or items is None:
+        raise SerializationError(f"failed to download {ref_id} from {fqcn}: {error}")
+    manager.state.setdefault(_STATE, {})[kind] = items
+
+
+def from_ref(item_id: Any, manager: DatumManager | None, kind: Kind) -> Any:
+    """The downloaded array or tensor a reference names."""
+    items = manager.state.get(_STATE, {}).get(kind) if manager is not None else None
+    if items is None:
+        raise SerializationError(f"a reference to {item_id!r} without a download datum for it")
+    found = items.get(item_id) if isinstance(item_id, str) else None
+    if found is None:
+        raise SerializationError(f"the download holds no item {item_id!r}")
+    return found
