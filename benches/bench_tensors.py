@@ -226,9 +226,8 @@ def run_client(args: argparse.Namespace) -> None:
     from flare import fobs
     from flare.tensors import download_tensors
 
-    # A fresh process that has not met a torch tensor yet cannot load a message whose tensors went by download
-    # ("no decomposer handles datum object type 6"): the torch decomposers, TENSOR_DOWNLOAD's included, are
-    # registered on the first tensor. One tiny round trip registers them before the baseline.
+    # Loading the first message registers torch's decomposers; one tiny round trip does it before the baseline, so
+    # that the client's figure is the model's, not the decomposers'.
     fobs.loads(fobs.dumps(torch.zeros(1)))
 
     held: dict[str, Any] = {}

@@ -139,3 +139,29 @@ def test_a_failed_download_fails_the_load(pair):
     data = fobs.dumps(model(), fobs_ctx={"cell": server})
     with pytest.raises(SerializationError, match="failed to download"):
         fobs.loads(data.replace(b'"server"', b'"nobody"'), fobs_ctx={"cell": client, "download_req_timeout": 2})
+
+
+def test_a_fresh_process_loads_downloads_before_any_other_fobs_call(pair, tmp_path):
+    # The receiver's first FOBS call is the load of a message naming downloads: its decomposers, torch's included,
+    # must be found from the datums alone.
+    import subprocess
+    import sys
+
+    server, _ = pair
+    data = fobs.dumps(model(), fobs_ctx={"cell": server, "num_receivers": 1})
+    (tmp_path / "msg.fobs").write_bytes(data)
+    script = f"""
+import sys
+from flare import fobs
+from flare.cellnet import Cell
+cell = Cell("site-9", parent_url={server.url!r}).start()
+assert cell.wait_for_peer("server", 10)
+got = fobs.loads(open(sys.argv[1], "rb").read(), fobs_ctx={{"cell": cell}})
+print(sorted(got["arrays"]), sorted(got["tensors"]))
+cell.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "msg.fobs")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sent = model()
+    assert done.stdout.strip() == f"{sorted(sent['arrays'])} {sorted(sent['tensors'])}"

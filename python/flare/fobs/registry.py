@@ -138,11 +138,14 @@ class Registry:
             return len(self._dump)
 
     def dot_handler(self, dot: int) -> Decomposer | None:
-        found = self._dots.get(dot)
-        if found is None and dot in self._deferred_dots:
-            with self._lock:
-                self._load_deferred(self._deferred_dots[dot])
+        # A process's first FOBS call may be the load of a message whose datums name a download: the built-in
+        # and deferred decomposers must be known before the body is ever looked at.
+        with self._lock:
+            self._ensure_builtins()
             found = self._dots.get(dot)
+            if found is None and dot in self._deferred_dots:
+                self._load_deferred(self._deferred_dots[dot])
+                found = self._dots.get(dot)
         return found
 
     def _load_deferred(self, type_name: str) -> bool:
