@@ -16,18 +16,15 @@ from typing import Any
 import numpy as np
 
 from flare.errors import SerializationError
-from flare.fobs.datum import Datum, DatumManager, DatumRef, DatumType
+from flare.fobs.datum import DatumManager
 from flare.fobs.decomposer import Decomposer
-from flare.fobs.via_downloader import NUMPY, as_ref, download, from_ref
+from flare.fobs.via_downloader import NUMPY, ViaDownloaderDecomposer
 
 _MAGIC = b"\x93NUMPY"
 _ALIGN = 64
 # numpy refuses larger headers too: literal_eval over a crafted one is the only cost a header can cause
 _MAX_HEADER = 10000
-# what the .npy header adds to an array's bytes, near enough to apply the datum threshold to the whole .npy form
-_HEADER_ESTIMATE = 128
 _ENCODING = {1: ("<H", "latin1"), 2: ("<I", "latin1"), 3: ("<I", "utf8")}
-_ENC_TYPE, _ENC_DATA, _NATIVE, _REF = "type", "data", "native", "ref"
 
 
 class NpyValue:
@@ -129,41 +126,28 @@ def array_from_npy(buf: bytes | memoryview, copy: bool) -> np.ndarray:
     return array.copy(order="K") if copy else array
 
 
-class NumpyArrayDecomposer(Decomposer[np.ndarray]):
-    accepts_buffers = True
+class NumpyArrayDecomposer(ViaDownloaderDecomposer[np.ndarray]):
+    kind = NUMPY
+    label = "numpy array"
 
     def supported_type(self) -> type[np.ndarray]:
         return np.ndarray
 
-    def decompose(self, target: np.ndarray, manager: DatumManager | None = None) -> Any:
+    def validate(self, target: np.ndarray) -> None:
         if target.dtype.hasobject:
             raise SerializationError("numpy object arrays cannot be serialized without pickle")
-        ref = as_ref(target, target.nbytes, manager, NUMPY)
-        if ref is not None:
-            return ref
-        if manager is not None and target.nbytes + _HEADER_ESTIMATE >= manager.threshold:
-            datum = Datum(DatumType.BLOB, NpyValue(target))
-            manager.add_datum(datum)
-            return {_ENC_TYPE: _NATIVE, _ENC_DATA: DatumRef(datum.datum_id, True)}
-        return {_ENC_TYPE: _NATIVE, _ENC_DATA: npy_bytes(target)}
 
-    def supported_dots(self) -> list[int]:
-        return [NUMPY.dot]
+    def nbytes(self, target: np.ndarray) -> int:
+        return int(target.nbytes)
 
-    def process_datum(self, datum: Datum, manager: DatumManager) -> None:
-        download(datum, manager)
+    def datum_value(self, target: np.ndarray) -> NpyValue:
+        return NpyValue(target)
 
-    def recompose(self, data: Any, manager: DatumManager | None = None) -> np.ndarray:
-        if not isinstance(data, dict):
-            raise SerializationError("numpy array: expected a map")
-        kind, payload = data.get(_ENC_TYPE), data.get(_ENC_DATA)
-        if kind == _REF:
-            return from_ref(payload, manager, NUMPY)
-        if kind != _NATIVE or not isinstance(payload, (bytes, memoryview)):
-            raise SerializationError(f"numpy array: unknown encoding {kind!r}")
-        # an out-of-band section arrives as a memoryview into the input: build over it. Bytes from the msgpack body
-        # are immutable and small: copy, so that the array is writable like np.load's.
-        return array_from_npy(payload, copy=isinstance(payload, bytes))
+    def native_bytes(self, target: np.ndarray) -> bytes:
+        return npy_bytes(target)
+
+    def from_native(self, payload: bytes | memoryview, copy: bool) -> np.ndarray:
+        return array_from_npy(payload, copy=copy)
 
 
 class NumpyScalarDecomposer(Decomposer[Any]):

@@ -16,14 +16,12 @@ from typing import Any
 import torch
 
 from flare.errors import SerializationError
-from flare.fobs.datum import Datum, DatumManager, DatumRef, DatumType
 from flare.fobs.decomposer import Decomposer
-from flare.fobs.via_downloader import TENSOR, as_ref, download, from_ref
+from flare.fobs.via_downloader import TENSOR, ViaDownloaderDecomposer
 from flare.tensors import safetensors
 
 _KEY = "t"  # the one key NVFlare's form holds
 _ALIGN = 64
-_ENC_TYPE, _ENC_DATA, _NATIVE, _REF = "type", "data", "native", "ref"
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -72,38 +70,24 @@ def tensor_from_native(payload: Any, copy: bool) -> torch.Tensor:
     return tensors[_KEY]
 
 
-class TensorDecomposer(Decomposer[torch.Tensor]):
-    accepts_buffers = True
+class TensorDecomposer(ViaDownloaderDecomposer[torch.Tensor]):
+    kind = TENSOR
+    label = "torch tensor"
 
     def supported_type(self) -> type[torch.Tensor]:
         return torch.Tensor
 
-    def supported_dots(self) -> list[int]:
-        return [TENSOR.dot]
+    def nbytes(self, target: torch.Tensor) -> int:
+        return int(target.numel() * target.element_size())
 
-    def process_datum(self, datum: Datum, manager: DatumManager) -> None:
-        download(datum, manager)
+    def datum_value(self, target: torch.Tensor) -> SafetensorsValue:
+        return SafetensorsValue(target)
 
-    def decompose(self, target: torch.Tensor, manager: DatumManager | None = None) -> Any:
-        ref = as_ref(target, target.numel() * target.element_size(), manager, TENSOR)
-        if ref is not None:
-            return ref
-        if manager is not None and target.numel() * target.element_size() + 128 >= manager.threshold:
-            datum = Datum(DatumType.BLOB, SafetensorsValue(target))
-            manager.add_datum(datum)
-            return {_ENC_TYPE: _NATIVE, _ENC_DATA: DatumRef(datum.datum_id, True)}
-        return {_ENC_TYPE: _NATIVE, _ENC_DATA: native_bytes(target)}
+    def native_bytes(self, target: torch.Tensor) -> bytes:
+        return native_bytes(target)
 
-    def recompose(self, data: Any, manager: DatumManager | None = None) -> torch.Tensor:
-        if not isinstance(data, dict):
-            raise SerializationError("torch tensor: expected a map")
-        kind, payload = data.get(_ENC_TYPE), data.get(_ENC_DATA)
-        if kind == _REF:
-            return from_ref(payload, manager, TENSOR)
-        if kind != _NATIVE or not isinstance(payload, (bytes, memoryview)):
-            raise SerializationError(f"torch tensor: unknown encoding {kind!r}")
-        # as for numpy arrays: over an out-of-band section without a copy, small body bytes copied to be writable
-        return tensor_from_native(payload, copy=isinstance(payload, bytes))
+    def from_native(self, payload: bytes | memoryview, copy: bool) -> torch.Tensor:
+        return tensor_from_native(payload, copy=copy)
 
 
 def torch_decomposers() -> list[Decomposer]:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from flare.errors import SerializationError
-from flare.fobs.datum import Datum, DatumManager, DatumType
+from flare.fobs.datum import Datum, DatumManager, DatumRef, DatumType
+from flare.fobs.decomposer import Decomposer
 
 NUMPY_DOWNLOAD = 3
 TENSOR_DOWNLOAD = 6
@@ -38,7 +40,7 @@ NATIVE = "native"  # True: every array and tensor of this dump in its native for
 
 _STATE = "via_downloader"  # manager.state key: per-type items of this dump
 _FORCE_NATIVE = "via_downloader_native"  # manager.state key: prefixes a second pass writes natively
-_ENC_TYPE, _ENC_DATA, _REF = "type", "data", "ref"
+_ENC_TYPE, _ENC_DATA, _NATIVE, _REF = "type", "data", "native", "ref"
 _FQCN, _REF_ID = "fqcn", "ref_id"
 
 
@@ -163,3 +165,66 @@ def from_ref(item_id: Any, manager: DatumManager | None, kind: Kind) -> Any:
     if found is None:
         raise SerializationError(f"the download holds no item {item_id!r}")
     return found
+
+
+T = TypeVar("T")
+
+
+class ViaDownloaderDecomposer(Decomposer[T]):
+    """NVFlare's decomposer shape for arrays and tensors: a reference on the download path, else
+    ``{"type": "native", "data": <bytes>}``, the bytes in the body or, from the datum threshold on, in a datum
+    written straight from the object's memory. Subclasses say how one type is sized, written and read back."""
+
+    accepts_buffers = True
+    kind: Kind
+    label: str  # names the type in errors
+    header_estimate = 128  # bytes the native form adds to the data, for the datum threshold
+
+    @abstractmethod
+    def nbytes(self, target: T) -> int:
+        """Bytes of the object's data."""
+
+    @abstractmethod
+    def datum_value(self, target: T) -> Any:
+        """What a datum writes for the object (its parts written without a copy)."""
+
+    @abstractmethod
+    def native_bytes(self, target: T) -> bytes:
+        """The native form, for the message body."""
+
+    @abstractmethod
+    def from_native(self, payload: bytes | memoryview, copy: bool) -> T:
+        """The object in a native form: a view over ``payload``, or a writable copy."""
+
+    def validate(self, target: T) -> None:
+        """Refuses an object that cannot travel; by default every one can."""
+
+    def supported_dots(self) -> list[int]:
+        return [self.kind.dot]
+
+    def process_datum(self, datum: Datum, manager: DatumManager) -> None:
+        download(datum, manager)
+
+    def decompose(self, target: T, manager: DatumManager | None = None) -> Any:
+        self.validate(target)
+        nbytes = self.nbytes(target)
+        ref = as_ref(target, nbytes, manager, self.kind)
+        if ref is not None:
+            return ref
+        if manager is not None and nbytes + self.header_estimate >= manager.threshold:
+            datum = Datum(DatumType.BLOB, self.datum_value(target))
+            manager.add_datum(datum)
+            return {_ENC_TYPE: _NATIVE, _ENC_DATA: DatumRef(datum.datum_id, True)}
+        return {_ENC_TYPE: _NATIVE, _ENC_DATA: self.native_bytes(target)}
+
+    def recompose(self, data: Any, manager: DatumManager | None = None) -> T:
+        if not isinstance(data, dict):
+            raise SerializationError(f"{self.label}: expected a map")
+        kind, payload = data.get(_ENC_TYPE), data.get(_ENC_DATA)
+        if kind == _REF:
+            return from_ref(payload, manager, self.kind)
+        if kind != _NATIVE or not isinstance(payload, (bytes, memoryview)):
+            raise SerializationError(f"{self.label}: unknown encoding {kind!r}")
+        # an out-of-band section arrives as a memoryview into the input: build over it. Bytes from the msgpack body
+        # are immutable and small: copy, so that the result is writable like np.load's.
+        return self.from_native(payload, copy=isinstance(payload, bytes))
