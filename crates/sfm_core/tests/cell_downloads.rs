@@ -16,6 +16,7 @@ use sfm_core::download::{
 };
 use sfm_core::CommConfig;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use common::*;
 
@@ -50,6 +51,27 @@ async fn pull_bytes(cell: &Cell, rid: &str, opts: DownloadOptions) -> Result<(By
     Ok((sink.into_parts().0, stats.retries))
 }
 
+/// Every site pulls `rid` into memory, each in a task of its own.
+fn spawn_pulls(sites: &[Cell], rid: &str) -> Vec<JoinHandle<Result<(Bytes, u64), DownloadError>>> {
+    sites
+        .iter()
+        .map(|site| {
+            let (site, rid) = (site.clone(), rid.to_string());
+            tokio::spawn(async move { pull_bytes(&site, &rid, options(&site)).await })
+        })
+        .collect()
+}
+
+/// Polls `condition` until it holds, failing the test after `T`.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    within(T, what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// A transaction whose end is sent to the returned channel.
 fn transaction(
     service: &DownloadService,
@@ -80,13 +102,7 @@ async fn three_receivers_pull_one_buffer_and_the_transaction_finishes() {
         .unwrap();
     assert_eq!(rid.len(), 33, "R + 128 random bits in hex");
 
-    let pulls: Vec<_> = sites
-        .iter()
-        .map(|site| {
-            let (site, rid) = (site.clone(), rid.clone());
-            tokio::spawn(async move { pull_bytes(&site, &rid, options(&site)).await })
-        })
-        .collect();
+    let pulls = spawn_pulls(&sites, &rid);
     for pull in pulls {
         let (got, _) = within(T, "download", pull).await.unwrap().unwrap();
         assert!(got == data, "downloaded bytes differ");
@@ -262,10 +278,8 @@ async fn abort_stops_a_download_at_once_and_the_owner_frees_the_receiver() {
     let err = within(T, "aborted download", pull).await.unwrap().unwrap_err();
     assert!(matches!(err, DownloadError::Aborted { .. }), "{err}");
     assert!(aborted_at.elapsed() < Duration::from_millis(500));
-    within(T, "owner to free the receiver", async {
-        while service.transaction_info(&tx).unwrap().active_receivers != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    until("owner to free the receiver", || {
+        service.transaction_info(&tx).unwrap().active_receivers == 0
     })
     .await;
     assert!(!AbortSignal::new().is_triggered());
@@ -294,10 +308,8 @@ async fn a_receiver_that_goes_away_is_freed_on_the_owner() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(service.transaction_info(&tx).unwrap().active_receivers, 1);
     sites[0].close();
-    within(T, "owner to free the lost receiver", async {
-        while service.transaction_info(&tx).unwrap().active_receivers != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    until("owner to free the lost receiver", || {
+        service.transaction_info(&tx).unwrap().active_receivers == 0
     })
     .await;
     let events = events.lock().unwrap();
@@ -384,13 +396,7 @@ async fn replies_wait_for_room_in_the_send_budget_and_return_it() {
     let rid = service
         .add_source(&tx, Source::memory(data.clone(), MIB as u64).unwrap(), None)
         .unwrap();
-    let pulls: Vec<_> = sites
-        .iter()
-        .map(|site| {
-            let (site, rid) = (site.clone(), rid.clone());
-            tokio::spawn(async move { pull_bytes(&site, &rid, options(&site)).await })
-        })
-        .collect();
+    let pulls = spawn_pulls(&sites, &rid);
     let watcher = {
         let service = service.clone();
         tokio::spawn(async move {
@@ -410,10 +416,5 @@ async fn replies_wait_for_room_in_the_send_budget_and_return_it() {
         watcher.await.unwrap() <= 1536 * 1024,
         "at most one 1 MiB reply fits in 1.5 MiB"
     );
-    within(T, "budget to come back", async {
-        while service.sending() != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until("budget to come back", || service.sending() == 0).await;
 }
