@@ -92,6 +92,17 @@ def peers():
         peer.stop()
 
 
+@pytest.fixture
+def pair():
+    """A listening "server" cell and a "site-1" connected to it, each able to reach the other."""
+    server = Cell("server", listen="tcp://127.0.0.1:0").start()
+    client = Cell("site-1", parent_url=server.url).start()
+    assert client.wait_for_peer("server", 10) and server.wait_for_peer("site-1", 10)
+    yield server, client
+    client.close()
+    server.close()
+
+
 def cell_node(fqcn: str, *, listen: str | None = None, parent: str | None = None, **opts) -> list[str]:
     argv = [sys.executable, str(ROOT / "tests" / "peers" / "cell_node.py"), "--fqcn", fqcn]
     if listen:

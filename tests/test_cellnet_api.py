@@ -16,16 +16,6 @@ from flare.errors import ConfigError, FlareError, FlareTimeoutError, TransportEr
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def pair():
-    server = Cell("server", listen="tcp://127.0.0.1:0").start()
-    client = Cell("site-1", parent_url=server.url).start()
-    assert server.wait_for_peer("site-1", 10)
-    yield server, client
-    client.close()
-    server.close()
-
-
 def test_version_and_error_tree():
     assert flare.__version__
     assert issubclass(FlareTimeoutError, TimeoutError) and issubclass(FlareTimeoutError, FlareError)

@@ -28,16 +28,6 @@ from flare.streaming import (
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def pair():
-    server = Cell("server", listen="tcp://127.0.0.1:0").start()
-    site = Cell("site-1", parent_url=server.url).start()
-    assert site.wait_for_peer("server", 10)
-    yield server, site
-    site.close()
-    server.close()
-
-
 def test_bytes_objects_and_items_round_trip_with_outcomes(pair):
     server, site = pair
     done, outcomes, per_receiver = [], [], []

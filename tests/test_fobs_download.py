@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flare import fobs
-from flare.cellnet import Cell, Message
+from flare.cellnet import Message
 from flare.cellnet import cell as cell_module
 from flare.errors import SerializationError
 from flare.fobs.lobs import MARKER_TEXT, _parse
@@ -22,15 +22,11 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def pair(monkeypatch):
+def pair(pair, monkeypatch):
+    """conftest's pair, with the download path taken from 1 MiB of arrays or tensors on."""
     monkeypatch.setenv("FLARE_TENSOR_DOWNLOAD_THRESHOLD", str(MIB))
     monkeypatch.setenv("FLARE_NP_DOWNLOAD_THRESHOLD", str(MIB))
-    server = Cell("server", listen="tcp://127.0.0.1:0").start()
-    client = Cell("site-1", parent_url=server.url).start()
-    assert server.wait_for_peer("site-1", 10)
-    yield server, client
-    client.close()
-    server.close()
+    return pair
 
 
 @pytest.fixture

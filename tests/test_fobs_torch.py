@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from flare import fobs
-from flare.cellnet import Cell, Message
+from flare.cellnet import Message
 from flare.fobs.lobs import HEADER
 from flare.tensors import safetensors as st
 
@@ -121,16 +121,6 @@ got = fobs.loadf({str(path)!r})
 assert "torch" in sys.modules and got["t"].shape == (3, 5)
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-
-
-@pytest.fixture
-def pair():
-    server = Cell("server", listen="tcp://127.0.0.1:0").start()
-    client = Cell("site-1", parent_url=server.url).start()
-    assert server.wait_for_peer("site-1", 10)
-    yield server, client
-    client.close()
-    server.close()
 
 
 def test_every_dtype_through_a_cell_request(pair):

@@ -9,21 +9,10 @@ import time
 
 import pytest
 
-from flare.cellnet import Cell
 from flare.errors import FlareError
 from flare.streaming import BlobStreamer, FileStreamer
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def pair():
-    server = Cell("server", listen="tcp://127.0.0.1:0").start()
-    client = Cell("site-1", parent_url=server.url).start()
-    assert client.wait_for_peer("server", 10) and server.wait_for_peer("site-1", 10)
-    yield server, client
-    client.close()
-    server.close()
 
 
 def test_blob_streamer_delivers_whole_blobs_with_headers(pair):
