@@ -406,19 +406,13 @@ impl PyDownloadReader {
 
     /// The next piece, or None at the end.
     fn read(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let taken = self.reader.lock().expect("reader lock").take();
-        let Some(mut reader) = taken else {
-            return Err(transport_error(
-                "this download reader is closed, or in use by another thread".into(),
-            ));
-        };
-        let handle = runtime::handle()?;
-        let (reader, outcome) = runtime::wait(py, &handle, async move {
-            let outcome = reader.next().await;
-            (reader, outcome)
-        })?;
-        *self.total_size.lock().expect("size lock") = reader.total_size();
-        *self.reader.lock().expect("reader lock") = Some(reader);
+        let (outcome, total_size) =
+            runtime::wait_taken(py, &self.reader, "download reader", |mut reader| async move {
+                let outcome = reader.next().await;
+                let total_size = reader.total_size();
+                (reader, (outcome, total_size))
+            })?;
+        *self.total_size.lock().expect("size lock") = total_size;
         match outcome.map_err(from_download_error)? {
             None => Ok(None),
             Some(Piece::Bytes(b)) => Ok(Some(Py::new(py, Payload::new(b))?.into_any())),

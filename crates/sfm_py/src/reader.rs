@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 use sfm_core::cell::StreamReader;
 
 use crate::convert::headers_to_py;
-use crate::errors::{config_error, from_stream_error, transport_error};
+use crate::errors::{config_error, from_stream_error};
 use crate::payload::Payload;
 use crate::runtime;
 
@@ -61,18 +61,10 @@ impl PyStreamReader {
             Some(t) => Duration::try_from_secs_f64(t).map_err(|_| config_error("timeout", "must be >= 0 seconds"))?,
             None => self.idle_timeout,
         };
-        let taken = self.reader.lock().expect("reader lock").take();
-        let Some(mut reader) = taken else {
-            return Err(transport_error(
-                "this stream reader is closed, or in use by another thread".into(),
-            ));
-        };
-        let handle = runtime::handle()?;
-        let (reader, outcome) = runtime::wait(py, &handle, async move {
+        let outcome = runtime::wait_taken(py, &self.reader, "stream reader", |mut reader| async move {
             let outcome = reader.next_chunk(idle).await;
             (reader, outcome)
         })?;
-        *self.reader.lock().expect("reader lock") = Some(reader);
         Ok(outcome.map_err(from_stream_error)?.map(Payload::new))
     }
 

@@ -84,3 +84,27 @@ where
         py.check_signals()?;
     }
 }
+
+/// Runs `step` on the reader held in `slot` with the GIL released, and puts the reader back. The reader is taken
+/// out of its slot for the wait, so no lock is held across it; another thread reading meanwhile gets an error.
+pub fn wait_taken<R, T, Fut>(
+    py: Python<'_>,
+    slot: &Mutex<Option<R>>,
+    what: &str,
+    step: impl FnOnce(R) -> Fut,
+) -> PyResult<T>
+where
+    R: Send,
+    T: Send,
+    Fut: Future<Output = (R, T)> + Send,
+{
+    let taken = slot.lock().expect("reader lock").take();
+    let Some(reader) = taken else {
+        return Err(crate::errors::transport_error(format!(
+            "this {what} is closed, or in use by another thread"
+        )));
+    };
+    let (reader, outcome) = wait(py, &handle()?, step(reader))?;
+    *slot.lock().expect("reader lock") = Some(reader);
+    Ok(outcome)
+}
