@@ -75,10 +75,17 @@ class _Items:
         return item_id
 
 
-def _settings() -> Any:
-    from flare.config import TensorSettings
+_SETTINGS = "via_downloader_settings"  # manager.state key: the settings, read once per dump or load
 
-    return TensorSettings.from_env()
+
+def _settings(manager: DatumManager) -> Any:
+    """The tensor settings (environment included), read on the first array or tensor of a call, not on each."""
+    settings = manager.state.get(_SETTINGS)
+    if settings is None:
+        from flare.config import TensorSettings
+
+        settings = manager.state[_SETTINGS] = TensorSettings.from_env()
+    return settings
 
 
 def as_ref(target: Any, nbytes: int, manager: DatumManager | None, kind: Kind) -> dict | None:
@@ -88,7 +95,7 @@ def as_ref(target: Any, nbytes: int, manager: DatumManager | None, kind: Kind) -
     ctx = manager.fobs_ctx
     if not ctx.get(CELL) or ctx.get(NATIVE) or kind.prefix in manager.state.get(_FORCE_NATIVE, ()):
         return None
-    if getattr(_settings(), kind.prefix + "download_chunk_size") <= 0:
+    if getattr(_settings(manager), kind.prefix + "download_chunk_size") <= 0:
         return None
     found = manager.state.setdefault(_STATE, {})
     if not found:
@@ -103,10 +110,10 @@ def _finish(manager: DatumManager) -> dict | None:
     from flare.tensors.downloader import add_arrays, add_tensors
 
     found: dict[Kind, _Items] = manager.state.get(_STATE, {})
-    settings = _settings()
+    settings = _settings(manager)
     small = {k.prefix for k, items in found.items() if items.nbytes < getattr(settings, k.prefix + "download_threshold")}
     if small:
-        return {_FORCE_NATIVE: small}
+        return {_FORCE_NATIVE: small, _SETTINGS: settings}
     ctx = manager.fobs_ctx
     cell = ctx[CELL]
     timeout = max(getattr(settings, k.prefix + "min_download_timeout") for k in found)
@@ -148,7 +155,7 @@ def download(datum: Datum, manager: DatumManager) -> None:
             f"the payload's arrays or tensors are to be downloaded from {fqcn}, and loading it needs a cell: "
             "pass fobs_ctx={'cell': cell}"
         )
-    timeout = ctx.get(DOWNLOAD_REQ_TIMEOUT) or getattr(_settings(), kind.prefix + "streaming_per_request_timeout")
+    timeout = ctx.get(DOWNLOAD_REQ_TIMEOUT) or getattr(_settings(manager), kind.prefix + "streaming_per_request_timeout")
     fetch = download_arrays if kind is NUMPY else download_tensors
     error, items = fetch(fqcn, ref_id, timeout, cell, abort_signal=ctx.get(ABORT_SIGNAL))
     if error or items is None:
