@@ -214,6 +214,16 @@ class ObjectDownloader:
             self._done.set()
 
 
+def _core_of(cell: Cell | None) -> _sfm.Cell:
+    if cell is None:
+        raise ConfigError("a download needs the cell to pull through: pass cell=")
+    return cell._core
+
+
+def _abort_of(signal: Signal | None) -> _sfm.AbortSignal | None:
+    return signal.core if signal is not None else None
+
+
 def pull(
     from_fqcn: str,
     ref_id: str,
@@ -228,17 +238,15 @@ def pull(
 ) -> tuple[Any, list[Any], dict[str, Any]]:
     """Pulls one reference into memory, or into the file at ``path``; returns ``(payload, items, stats)``.
     Without a ``progress_cb``, long downloads log their progress."""
-    if cell is None:
-        raise ConfigError("a download needs the cell to pull through: pass cell=")
     progress = progress_cb or ProgressLog(f"download {ref_id[:13]} from {from_fqcn}", log)
     return _sfm.download(
-        cell._core,
+        _core_of(cell),
         from_fqcn,
         ref_id,
         path=path,
         per_request_timeout=per_request_timeout,
         max_retries=max_retries,
-        abort=abort_signal.core if abort_signal is not None else None,
+        abort=_abort_of(abort_signal),
         progress=progress,
         progress_interval=progress_interval,
     )
@@ -280,15 +288,13 @@ def open_download(
 ) -> _sfm.DownloadReader:
     """Pulls ``ref_id`` piece by piece: iterate the reader for buffers (byte sources) or lists of item buffers, in
     order, as they arrive; at most ``capacity`` pieces wait unread. ``close()`` stops the download."""
-    if cell is None:
-        raise ConfigError("a download needs the cell to pull through: pass cell=")
     return _sfm.DownloadReader(
-        cell._core,
+        _core_of(cell),
         from_fqcn,
         ref_id,
         per_request_timeout=per_request_timeout,
         max_retries=max_retries,
-        abort=abort_signal.core if abort_signal is not None else None,
+        abort=_abort_of(abort_signal),
         capacity=capacity,
     )
 

@@ -31,7 +31,7 @@ def encode(value: Any) -> tuple[Any, str]:
     return fobs.dumps(value), _FOBS
 
 
-def decode(payload: Any, encoding: str) -> Any:
+def decode(payload: Any, encoding: str | None) -> Any:
     if encoding == _RAW:
         return payload
     if encoding != _FOBS:
@@ -110,15 +110,17 @@ class ContainerStreamer:
         def received(m: Message) -> None:
             cid, count = m.get_header(Streamer.KEY_CONTAINER_ID), m.get_header(Streamer.KEY_ITEM_COUNT, 0)
             kind = m.get_header(Streamer.KEY_CONTAINER_KIND)
+            key = m.get_header(Streamer.KEY_ITEM_KEY)
+            # decoded once, for on_item and on_container alike
+            value = decode(m.payload, m.get_header(Streamer.KEY_ENCODING)) if count else None
             if count and on_item is not None:
-                on_item(m.get_header(Streamer.KEY_ITEM_KEY), decode(m.payload, m.get_header(Streamer.KEY_ENCODING)), m)
+                on_item(key, value, m)
             if on_container is None:
                 return
             with lock:
                 items = pending.setdefault(cid, {})
                 if count:
-                    value = decode(m.payload, m.get_header(Streamer.KEY_ENCODING))
-                    items[m.get_header(Streamer.KEY_ITEM_INDEX)] = (m.get_header(Streamer.KEY_ITEM_KEY), value)
+                    items[m.get_header(Streamer.KEY_ITEM_INDEX)] = (key, value)
                 if len(items) != count:
                     return
                 del pending[cid]

@@ -27,7 +27,7 @@ class BadFileRequest(ValueError):
     """A requested file name that may not be served."""
 
 
-def resolve_in(source_dir: str, file_name: str) -> str:
+def resolve_in(source_dir: str, file_name: object) -> str:
     """The real path of ``file_name`` under ``source_dir``; raises ``BadFileRequest`` for anything that leaves it
     or is not a regular file."""
     if not isinstance(file_name, str) or not file_name:
