@@ -33,7 +33,7 @@ import os
 import threading
 import time
 
-from nvflare_peer import BLOB_TOPIC, DEFAULT_STREAMED_CHANNEL, Peer, emit, main
+from nvflare_peer import BLOB_TOPIC, DEFAULT_STREAMED_CHANNEL, Peer, comm_env, emit, main
 
 
 def file_digest(path):
@@ -81,14 +81,8 @@ def parse_args(argv=None):
         p.error("--download-from needs --ref-id")
     if args.num_receivers < 0:
         p.error("--num-receivers must be >= 0")
-    comm = {}
-    for item in args.comm_config:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            p.error(f"--comm-config wants NAME=VALUE, got {item!r}")
-        comm["NVFLARE_" + key.upper()] = value
     # what nvflare_peer's Peer and main read
-    args.comm_env = comm
+    args.comm_env = comm_env(p, args.comm_config)
     args.heartbeat_interval = None
     args.streamed = True
     args.channel = DEFAULT_STREAMED_CHANNEL

@@ -110,18 +110,10 @@ def same(np, a, b, path="$") -> str | None:
 def import_nvflare_fobs():
     """nvflare's fobs with its numpy and FLModel decomposers, without running nvflare/__init__.py (which pulls in
     the whole job stack): a bare package module stands in for "nvflare"."""
-    import importlib.util
-    import types
+    # this runs as a script in NVFlare's interpreter, beside bare_nvflare; the tests import this module by path
+    from bare_nvflare import install_bare_nvflare
 
-    if "nvflare" not in sys.modules:
-        spec = importlib.util.find_spec("nvflare")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("package 'nvflare' is not installed")
-        pkg = types.ModuleType("nvflare")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__file__ = spec.origin
-        pkg.__spec__ = spec
-        sys.modules["nvflare"] = pkg
+    install_bare_nvflare()
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
     from nvflare.app_common.decomposers import common_decomposers, numpy_decomposers
     from nvflare.fuel.utils import fobs

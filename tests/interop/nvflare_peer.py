@@ -87,6 +87,8 @@ import threading
 import time
 from urllib.parse import urlparse
 
+from bare_nvflare import install_bare_nvflare
+
 # Keep stdout for our JSON events only: anything else that prints goes to stderr.
 _EVENT_OUT = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
 sys.stdout = sys.stderr
@@ -220,14 +222,19 @@ def parse_args(argv=None):
             p.error(f"--header wants KEY=VALUE, got {item!r}")
         headers[key] = value
     args.headers = headers
-    comm = {}
-    for item in args.comm_config:
+    args.comm_env = comm_env(p, args.comm_config)
+    return args
+
+
+def comm_env(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--comm-config NAME=VALUE`` options as the ``NVFLARE_<NAME>`` environment NVFlare reads them from."""
+    env = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            p.error(f"--comm-config wants NAME=VALUE, got {item!r}")
-        comm["NVFLARE_" + key.upper()] = value
-    args.comm_env = comm
-    return args
+            parser.error(f"--comm-config wants NAME=VALUE, got {item!r}")
+        env["NVFLARE_" + key.upper()] = value
+    return env
 
 
 def free_port(host: str) -> int:
@@ -655,18 +662,8 @@ def import_nvflare_f3() -> str:
     directory and import the submodules from there.
     """
     import importlib.metadata
-    import importlib.util
-    import types
 
-    if "nvflare" not in sys.modules:
-        spec = importlib.util.find_spec("nvflare")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("package 'nvflare' is not installed")
-        pkg = types.ModuleType("nvflare")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__file__ = spec.origin
-        pkg.__spec__ = spec
-        sys.modules["nvflare"] = pkg
+    install_bare_nvflare()
     import nvflare.fuel.f3.cellnet.cell  # noqa: F401  (streaming Cell; imports core_cell)
 
     try:
