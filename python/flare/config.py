@@ -203,6 +203,82 @@ class TensorSettings(_EnvSettings):
     np_streaming_per_request_timeout: float = 600.0
 
 
+@dataclass(frozen=True)
+class JobSettings(_EnvSettings):
+    """Settings of the job runtime (``flare.runtime``): task exchange, liveness, resends. Durations are in seconds.
+    Set per job with ``recipe.add_client_config({...})`` / ``add_server_config({...})`` or by environment.
+
+    Attributes
+    ----------
+    get_task_timeout:
+        A client's wait for the server's answer to one task request (default 300, NVFlare's
+        ``communication_timeout``).
+    task_fetch_interval:
+        How long a client waits before asking again when the server has no task for it yet (default 0.5).
+    submit_result_timeout:
+        A client's wait for the server to accept one result (default 60; NVFlare's ``submit_task_result_timeout``
+        is accepted as another name). The result's tensors are pulled afterwards, under the download timeouts.
+    max_resends:
+        How often a result is sent again after a timeout or a lost connection (default 3). Every attempt sends the
+        same serialized bytes.
+    heart_beat_interval:
+        How often a client tells the server it is alive (default 10).
+    dead_client_grace_period:
+        How long the server waits for a client that went silent (no heartbeat, connection lost) before it drops the
+        client from the job and gives its tasks to others (default 60).
+    client_register_interval:
+        Time between a client's attempts to register while the server is not reachable (default 2).
+    registration_timeout:
+        How long a client keeps trying to register before it gives up (default 300).
+    wait_for_clients_timeout:
+        How long the server waits at job start for ``min_clients`` clients (default 300).
+    """
+
+    _concern: ClassVar[str] = "job"
+
+    get_task_timeout: float = 300.0
+    task_fetch_interval: float = 0.5
+    submit_result_timeout: float = 60.0
+    max_resends: int = 3
+    heart_beat_interval: float = 10.0
+    dead_client_grace_period: float = 60.0
+    client_register_interval: float = 2.0
+    registration_timeout: float = 300.0
+    wait_for_clients_timeout: float = 300.0
+
+
+# NVFlare's names for settings that are named otherwise here
+_ALIASES = {"submit_task_result_timeout": "submit_result_timeout"}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The settings of one site's part in a job: from defaults, the environment and the job's configuration."""
+
+    job: JobSettings
+    comm: CommSettings
+    tensor: TensorSettings
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None = None) -> RuntimeSettings:
+        """Routes each key of ``config`` (``add_client_config`` / ``add_server_config`` entries) to the settings
+        that own it; an unknown key raises ``ConfigError`` listing the known ones."""
+        owners: list[type[_EnvSettings]] = [JobSettings, CommSettings, TensorSettings]
+        known = {f.name: owner for owner in owners for f in fields(owner)}  # type: ignore[arg-type]
+        per_owner: dict[type, dict[str, Any]] = {owner: {} for owner in owners}
+        for key, value in (config or {}).items():
+            name = _ALIASES.get(key, key)
+            owner = known.get(name)
+            if owner is None:
+                raise ConfigError(f"unknown job setting {key!r}; known: {', '.join(sorted(known))}")
+            per_owner[owner][name] = value
+        return cls(
+            job=JobSettings.from_env(**per_owner[JobSettings]),
+            comm=CommSettings.from_env(**per_owner[CommSettings]),
+            tensor=TensorSettings.from_env(**per_owner[TensorSettings]),
+        )
+
+
 def _parse(name: str, raw: str, kind: Any) -> Any:
     kind = kind if isinstance(kind, str) else kind.__name__
     try:
@@ -217,4 +293,4 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
         raise ConfigError(f"environment setting {name.upper()}={raw!r} is not a valid {kind}") from None
 
 
-__all__ = ["CommSettings", "TensorSettings"]
+__all__ = ["CommSettings", "JobSettings", "RuntimeSettings", "TensorSettings"]

@@ -1,0 +1,138 @@
+"""A client job's side of the task exchange with the server: ask for tasks, send results (again, when needed)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from flare.apis.signal import Signal
+from flare.app_common.abstract.fl_model import FLModel
+from flare.cellnet import Cell, Message, ReturnCode
+from flare.cellnet.message import Encoding, MessageHeaderKey
+from flare.client.exchange import TaskAssignment
+from flare.config import RuntimeSettings
+from flare.errors import FlareTimeoutError, JobError
+from flare.runtime import protocol as p
+from flare.runtime.tasks import serialize
+
+log = logging.getLogger(__name__)
+
+
+class TaskClient:
+    """Talks to the server for one job of one site, through the site's cell."""
+
+    def __init__(self, cell: Cell, site: str, job_id: str, settings: RuntimeSettings, abort_signal: Signal):
+        self.cell = cell
+        self.site = site
+        self.job_id = job_id
+        self.settings = settings
+        self.abort_signal = abort_signal
+        self._downloaders: list[Any] = []  # transactions serving our results' tensors until the server pulled them
+        self.ended = False
+        self.task_ready = threading.Event()  # set when the server says a task waits: ask at once
+
+    def _headers(self, **extra: Any) -> dict[str, Any]:
+        return {p.JOB_ID: self.job_id, p.SITE: self.site, **extra}
+
+    def _poll(self) -> tuple[str, Message]:
+        """One task request: ``(status, reply)``, status a ``TaskStatus`` value."""
+        reply = self.cell.request(
+            p.SERVER_FQCN, p.CHANNEL_TASK, p.TOPIC_GET_TASK, None, headers=self._headers(),
+            timeout=self.settings.job.get_task_timeout,
+        )
+        if not reply.ok:
+            if reply.return_code in (ReturnCode.TIMEOUT, ReturnCode.TARGET_UNREACHABLE, ReturnCode.COMM_ERROR):
+                return p.TaskStatus.WAIT, reply
+            raise JobError(f"the server refused a task request: {reply.error or reply.return_code}")
+        return reply.get_header(p.TASK_STATUS, p.TaskStatus.WAIT), reply
+
+    def fetch(self, timeout: float | None) -> TaskAssignment | None:
+        """The next task for this site: waits, asking every ``task_fetch_interval``, until one comes (None when the
+        job is over). ``timeout`` counts the time without a task; None waits as long as the job runs."""
+        started = time.monotonic()
+        while not self.abort_signal.triggered and not self.ended:
+            status, reply = self.poll()
+            if status == p.TaskStatus.END:
+                self.ended = True
+                return None
+            if status == p.TaskStatus.READY:
+                model = reply.payload
+                if not isinstance(model, FLModel):
+                    raise JobError(f"the server sent task data of type {type(model).__name__}, not an FLModel")
+                return TaskAssignment(reply.get_header(p.TASK_NAME), reply.get_header(p.TASK_ID), model)
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise FlareTimeoutError(f"no task from the server within {timeout:g} s")
+            self.wait_for_task(float(reply.get_header(p.RETRY_AFTER) or self.settings.job.task_fetch_interval))
+        return None
+
+    def poll(self) -> tuple[str, Message]:
+        self.task_ready.clear()
+        return self._poll()
+
+    def wait_for_task(self, seconds: float) -> None:
+        """Waits ``seconds`` before asking again, less when the server says a task is ready or on abort."""
+        deadline = time.monotonic() + seconds
+        while not self.abort_signal.triggered and not self.task_ready.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.task_ready.wait(min(left, 0.05))
+
+    def submit(self, task: TaskAssignment, result: FLModel) -> None:
+        """Sends a result; its tensors are served to the server by download. On a timeout or a lost connection the
+        same bytes are sent again, up to ``max_resends`` times."""
+        serialized = serialize(self.cell, result, 1, self.settings.tensor)
+        if serialized.downloader is not None:
+            self._downloaders.append(serialized.downloader)
+        headers = self._headers(**{p.TASK_ID: task.task_id, p.TASK_NAME: task.name,
+                                   MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS})
+        self._send(headers, serialized.payload, f"the result of task {task.name!r}")
+
+    def report_failure(self, task: TaskAssignment | None, reason: str) -> None:
+        """Tells the server this site failed ``task`` (or, with no task, its part of the job)."""
+        headers = self._headers(**{p.TASK_ID: task.task_id if task else "", p.REASON: reason})
+        try:
+            self._send(headers, None, "a failure report")
+        except JobError as e:
+            log.error("%s", e)
+
+    def _send(self, headers: dict[str, Any], payload: Any, what: str) -> None:
+        job = self.settings.job
+        attempts = job.max_resends + 1
+        for attempt in range(1, attempts + 1):
+            reply = self.cell.request(p.SERVER_FQCN, p.CHANNEL_TASK, p.TOPIC_SUBMIT, payload, headers=headers,
+                                      timeout=job.submit_result_timeout)
+            if reply.ok:
+                return
+            retriable = reply.return_code in (ReturnCode.TIMEOUT, ReturnCode.TARGET_UNREACHABLE, ReturnCode.COMM_ERROR)
+            if not retriable or attempt == attempts or self.abort_signal.triggered:
+                raise JobError(
+                    f"could not deliver {what} to the server after {attempt} attempt(s): "
+                    f"{reply.error or reply.return_code}; raise submit_result_timeout or max_resends if the server "
+                    "is slow to answer"
+                )
+            log.warning("sending %s again (attempt %d of %d): %s", what, attempt + 1, attempts, reply.return_code)
+
+    def finish(self) -> None:
+        """Waits until the server pulled what our results refer to. Each transaction ends once pulled, or when
+        nobody pulled for its download timeout (``tensor_min_download_timeout``), so this wait is bounded by idle
+        time, not by the size of the model."""
+        for downloader in self._downloaders:
+            while downloader.wait(1.0) is None and not self.abort_signal.triggered:
+                pass
+        self._downloaders.clear()
+
+
+def pause(signal: Signal, seconds: float) -> None:
+    """Sleeps ``seconds``, returning early when ``signal`` is triggered."""
+    deadline = time.monotonic() + seconds
+    while not signal.triggered:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.05))
+
+
+__all__ = ["TaskClient", "pause"]
