@@ -188,6 +188,11 @@ class Registry:
                 return entry
             if self._deferred and self._load_deferred(class_name(cls)):
                 return self._dump[cls]
+            stands_for = getattr(cls, "fobs_stands_for", None)
+            if stands_for is not None:
+                # a placeholder (flare.fobs.lazy.LazyDownloadRef) is written by the decomposer of the type it stands
+                # for, so that a receiver cannot tell the two apart
+                return self._dump[self.for_load(stands_for(obj), None).supported_type()]
             instance = _generic_for(obj)
             if instance is None:
                 raise SerializationError(

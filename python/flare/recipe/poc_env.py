@@ -64,7 +64,8 @@ class PocEnv(ExecEnv):
         url = url_file.read_text().strip()
         for site in self.sites:
             self._spawn(site, ["client", "--name", site, "--server", url,
-                               "--workspace", str(self.workspace_root / site)])
+                               "--workspace", str(self.workspace_root / site),
+                               "--sites-on-host", str(len(self.sites))])
         self._admin = Cell(f"admin-{os.getpid()}", parent_url=url).start()
         if not self._admin.wait_for_peer(p.SERVER_FQCN, START_TIMEOUT):
             self.stop()

@@ -67,7 +67,8 @@ class SimEnv(ExecEnv):
         slots = threading.Semaphore(self.num_threads)
         try:
             for site in self.sites:
-                client = FederatedClient(site, url, workspace / site, task_slots=slots)
+                client = FederatedClient(site, url, workspace / site, task_slots=slots,
+                                         sites_on_host=len(self.sites))
                 self._clients.append(client)
                 client.start()
             job_id = self._server.submit_job(job_dir)

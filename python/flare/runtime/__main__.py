@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--name", required=True)
     client.add_argument("--server", required=True, help="the server's URL")
     client.add_argument("--workspace", required=True)
+    client.add_argument("--sites-on-host", type=int, default=1, help="sites sharing this machine's CPU threads")
     for p in (server, client):
         p.add_argument("--log-config", default="full")
     args = parser.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from flare.runtime.client import FederatedClient
 
-        node = FederatedClient(args.name, args.server, args.workspace)
+        node = FederatedClient(args.name, args.server, args.workspace, sites_on_host=args.sites_on_host)
         node.start()
         closed = node.closed
     while not stop.wait(0.2) and not closed.is_set():

@@ -34,10 +34,13 @@ class FederatedClient:
         ``RuntimeSettings``; default: defaults and environment.
     task_slots:
         Shared by the sites of a simulation to cap how many work on a task at once.
+    sites_on_host:
+        How many sites share this machine (SimEnv, PocEnv): their training processes split its CPU threads.
     """
 
     def __init__(self, name: str, server_url: str, workspace: str | Path, *,
-                 settings: RuntimeSettings | None = None, task_slots: threading.Semaphore | None = None):
+                 settings: RuntimeSettings | None = None, task_slots: threading.Semaphore | None = None,
+                 sites_on_host: int = 1):
         self.name = name
         self.workspace = Path(workspace)
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -47,6 +50,7 @@ class FederatedClient:
         self.cell.fobs_ctx["lazy_download"] = True
         self.jobs: dict[str, ClientJob] = {}
         self.task_slots = task_slots
+        self.sites_on_host = max(1, sites_on_host)
         self._closed = threading.Event()
         self.closed = self._closed  # set once the node shuts down
         self._heartbeat = threading.Thread(target=self._beat, name=f"{name}-heartbeat", daemon=True)
@@ -66,8 +70,9 @@ class FederatedClient:
         job = self.settings.job
         deadline = time.monotonic() + job.registration_timeout
         while not self._closed.is_set():
-            reply = self.cell.request(p.SERVER_FQCN, p.CHANNEL_SITE, p.TOPIC_REGISTER, None,
-                                      headers={p.SITE: self.name}, timeout=job.client_register_interval + 5)
+            headers = {p.SITE: self.name, p.HEARTBEAT_INTERVAL: job.heart_beat_interval}
+            reply = self.cell.request(p.SERVER_FQCN, p.CHANNEL_SITE, p.TOPIC_REGISTER, None, headers=headers,
+                                      timeout=job.client_register_interval + 5)
             if reply.ok:
                 log.info("%s registered with the server", self.name)
                 return

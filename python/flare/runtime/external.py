@@ -130,6 +130,9 @@ def _run_process(executor: ScriptExecutor, job: ClientJob, script: Path, proxy: 
         }, out)
     argv = [*_command(executor.command), str(script.relative_to(job.app_dir)), *shlex.split(executor.script_args)]
     env = {**os.environ, BOOTSTRAP_ENV: str(bootstrap)}
+    if "OMP_NUM_THREADS" not in env and job.client.sites_on_host > 1:
+        # several sites' scripts on one machine: each using every core makes all of them crawl
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // job.client.sites_on_host))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(job.app_dir / "custom"), env.get("PYTHONPATH")]))
     log.info("%s: starting %s", job.site, " ".join(argv))
     proxy.connected.clear()

@@ -13,17 +13,19 @@ from typing import Any
 
 from flare.apis.fl_constant import RunStatus
 from flare.cellnet import Cell, Message, ReturnCode
-from flare.config import RuntimeSettings
+from flare.config import JobSettings, RuntimeSettings
 from flare.errors import JobError
 from flare.runtime import protocol as p
+from flare.runtime.protocol import HEARTBEAT_INTERVAL
 from flare.runtime.server_job import ServerJob
 
 log = logging.getLogger(__name__)
 
 
 class ClientRecord:
-    def __init__(self, name: str):
+    def __init__(self, name: str, heartbeat_interval: float):
         self.name = name
+        self.heartbeat_interval = heartbeat_interval  # the client's own: silence is judged against it
         self.last_seen = time.monotonic()
         self.down_since: float | None = None
         self.alive = True
@@ -106,7 +108,8 @@ class FederatedServer:
         with self._lock:
             record = self._clients.get(name)
             rejoined = record is not None and not record.alive
-            self._clients[name] = ClientRecord(name)
+            interval = float(msg.get_header(HEARTBEAT_INTERVAL) or self.settings.job.heart_beat_interval)
+            self._clients[name] = ClientRecord(name, interval)
         log.info("client %s %s", name, "re-registered" if rejoined else "registered")
         for job in list(self._jobs.values()):
             job.client_joined(name)
@@ -124,33 +127,42 @@ class FederatedServer:
                 return
             if event == "down":
                 record.down_since = time.monotonic()
-                log.warning("lost the connection to %s (%s)", name, reason or "closed")
+                log.info("lost the connection to %s (%s)", name, reason or "closed")
             else:
                 record.down_since = None
                 record.last_seen = time.monotonic()
 
     def _watch_clients(self) -> None:
-        job_settings = self.settings.job
-        grace = job_settings.dead_client_grace_period
-        silence = max(grace, 3 * job_settings.heart_beat_interval)
-        while not self._closed.wait(min(1.0, max(grace / 4, 0.05))):
+        """Drops clients that stay disconnected or silent too long. A job may allow less time than the server
+        (its ``dead_client_grace_period``): it stops counting on such a client sooner."""
+        while not self._closed.wait(0.1):
             now = time.monotonic()
-            lost: list[tuple[str, str]] = []
             with self._lock:
-                for record in self._clients.values():
-                    if not record.alive:
-                        continue
-                    if record.down_since is not None and now - record.down_since > grace:
-                        lost.append((record.name, f"disconnected for more than {grace:g} s"))
-                    elif now - record.last_seen > silence:
-                        lost.append((record.name, f"silent for more than {silence:g} s"))
-                    else:
-                        continue
+                records = [r for r in self._clients.values() if r.alive]
+            for job in list(self._jobs.values()):
+                for record in records:
+                    reason = self._silence(record, now, job.settings.job)
+                    if reason is not None:
+                        job.client_lost(record.name, reason)
+            for record in records:
+                reason = self._silence(record, now, self.settings.job)
+                if reason is None:
+                    continue
+                with self._lock:
                     record.alive = False
-            for name, reason in lost:
-                log.warning("client %s is dead: %s (dead_client_grace_period)", name, reason)
-                for job in list(self._jobs.values()):
-                    job.client_lost(name, reason)
+                log.warning("client %s is dead: %s (dead_client_grace_period)", record.name, reason)
+
+    @staticmethod
+    def _silence(record: ClientRecord, now: float, settings: JobSettings) -> str | None:
+        """Why the client counts as dead under ``settings``, or None while it does not."""
+        grace = settings.dead_client_grace_period
+        down_since = record.down_since
+        if down_since is not None and now - down_since > grace:
+            return f"disconnected for more than {grace:g} s"
+        silence = max(grace, 3 * record.heartbeat_interval)
+        if now - record.last_seen > silence:
+            return f"silent for more than {silence:g} s"
+        return None
 
     # ---- jobs ----
     def submit_job(self, job_dir: str | Path, job_id: str | None = None) -> str:

@@ -45,6 +45,7 @@ class ServerJob:
         self._tasks: list[ServerTask] = []
         self._components: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._settings = server.settings  # until the job's own configuration is read
         self._thread = threading.Thread(target=self._run, name=f"job-{job_id[:8]}", daemon=True)
 
     def start(self) -> None:
@@ -121,6 +122,8 @@ class ServerJob:
         start_thread(self._deploy, f"deploy-{site}", [site])  # a client registers once per start: a known one restarted and lost its job
 
     def client_lost(self, site: str, reason: str) -> None:
+        if self.status in RunStatus.FINAL:
+            return
         with self._lock:
             if site not in self._clients or site in self._lost:
                 return
@@ -149,7 +152,6 @@ class ServerJob:
         return self._settings
 
     def _run(self) -> None:
-        self._settings = self.server.settings
         with site_log("server", self.job_dir.parent / "log.txt"):
             try:
                 controller = self._prepare()
