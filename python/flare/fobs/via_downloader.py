@@ -42,6 +42,7 @@ NUM_RECEIVERS = "num_receivers"
 DOWNLOAD_REQ_TIMEOUT = "download_req_timeout"
 ABORT_SIGNAL = "abort_signal"
 DOWNLOAD_COMPLETE_CB = "download_complete_cb"
+TENSOR_SETTINGS = "tensor_settings"  # a flare.config.TensorSettings for this call (a job's)
 NATIVE = "native"  # True: every array and tensor of this dump in its native form
 LAZY_DOWNLOAD = "lazy_download"  # True: a load pulls nothing; references become flare.fobs.lazy.LazyDownloadRef
 
@@ -102,12 +103,16 @@ _SETTINGS = "via_downloader_settings"  # manager.state key: the settings, read o
 
 
 def _settings(manager: DatumManager) -> Any:
-    """The tensor settings (environment included), read on the first array or tensor of a call, not on each."""
+    """The tensor settings: the context's ``tensor_settings`` (a job's), else defaults and environment, read on the
+    first array or tensor of a call, not on each."""
     settings = manager.state.get(_SETTINGS)
     if settings is None:
-        from flare.config import TensorSettings
+        settings = manager.fobs_ctx.get(TENSOR_SETTINGS)
+        if settings is None:
+            from flare.config import TensorSettings
 
-        settings = manager.state[_SETTINGS] = TensorSettings.from_env()
+            settings = TensorSettings.from_env()
+        manager.state[_SETTINGS] = settings
     return settings
 
 

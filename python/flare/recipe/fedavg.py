@@ -67,6 +67,7 @@ class FedAvgRecipeBase(Recipe):
             if type(value) is not int or value < 0:
                 raise ConfigError(f"{field} must be a non-negative int, got {value!r}")
         self.server_expected_format = server_expected_format
+        self.save_filename = save_filename or self.default_save_filename
         workflow_args: dict[str, Any] = {
             "num_clients": min_clients,
             "num_rounds": num_rounds,
@@ -79,7 +80,6 @@ class FedAvgRecipeBase(Recipe):
             "exclude_vars": exclude_vars,
             "aggregation_weights": aggregation_weights,
             "memory_gc_rounds": server_memory_gc_rounds,
-            "save_filename": save_filename or self.default_save_filename,
             "best_model_filename": best_model_filename,
         }
         if aggregator is not None:

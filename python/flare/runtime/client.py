@@ -12,6 +12,7 @@ from typing import Any
 from flare.cellnet import Cell, Message, ReturnCode
 from flare.config import RuntimeSettings
 from flare.errors import JobError
+from flare.fobs.via_downloader import LAZY_DOWNLOAD
 from flare.runtime import protocol as p
 from flare.runtime.client_job import ClientJob
 from flare.runtime.job import unzip_app
@@ -47,7 +48,7 @@ class FederatedClient:
         self.settings = settings or RuntimeSettings.from_config()
         self.cell = Cell(name, parent_url=server_url, listen="tcp://127.0.0.1:0", settings=self.settings.comm)
         # task data arrives with references: a script in this process pulls it, an external one pulls it itself
-        self.cell.fobs_ctx["lazy_download"] = True
+        self.cell.fobs_ctx[LAZY_DOWNLOAD] = True
         self.jobs: dict[str, ClientJob] = {}
         self.task_slots = task_slots
         self.sites_on_host = max(1, sites_on_host)

@@ -16,6 +16,7 @@ from flare.client.exchange import TaskAssignment
 from flare.config import RuntimeSettings
 from flare.errors import ConfigError, FlareError
 from flare.runtime.job import CLIENT_CONFIG, build, importable, read_config, settings_of
+from flare.runtime.filters import SiteFilters
 from flare.runtime.sitelog import site_log
 from flare.runtime.task_client import TaskClient
 
@@ -104,11 +105,12 @@ class ClientJob:
                 config = read_config(self.app_dir, CLIENT_CONFIG)
                 self.settings = RuntimeSettings.from_config(settings_of(config))
                 self.tasks = TaskClient(self.client.cell, self.site, self.job_id, self.settings, self.abort_signal)
+                self.config = config
                 with importable(self.app_dir / "custom"):
                     executor = self._executor(config)
+                    self.filters = SiteFilters.from_config(self.site, config, server=False)
                 self.status = RunStatus.RUNNING
                 executor.run(self)
-                self.tasks.finish()
                 self.status = RunStatus.FINISHED_ABORTED if self.abort_signal.triggered else RunStatus.FINISHED_COMPLETED
             except Exception as e:
                 if self.abort_signal.triggered:

@@ -14,6 +14,7 @@ from flare.apis.fl_constant import ExchangeFormat, FrameworkType, TransferType
 from flare.app_common.abstract.fl_model import FLModel
 from flare.client.exchange import ClientAPIConfig, TaskAssignment, bound
 from flare.errors import ConfigError, JobError
+from flare.runtime.protocol import SERVER_FQCN
 
 if TYPE_CHECKING:
     from flare.runtime.client_job import ClientJob
@@ -115,10 +116,11 @@ class InProcessExchange:
         task = self.job.fetch(timeout)
         if task is not None:
             resolve(task.model)
+            task.model = self.job.filters.receive(task.model, task.name, SERVER_FQCN)
         return task
 
     def submit_result(self, task: TaskAssignment, result: FLModel) -> None:
-        self.job.submit(task, result)
+        self.job.submit(task, self.job.filters.send(result, task.name, SERVER_FQCN))
 
     def log(self, key: str, value: Any, data_type: str, **kwargs: Any) -> None:
         self.job.record_metric({"site": self.site_name, "key": key, "value": value, "type": str(data_type), **kwargs})

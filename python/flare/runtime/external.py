@@ -29,6 +29,7 @@ from flare.client.exchange import BOOTSTRAP_ENV, ClientAPIConfig, TaskAssignment
 from flare.config import RuntimeSettings
 from flare.errors import FlareTimeoutError, JobError
 from flare.runtime import protocol as p
+from flare.runtime.filters import SiteFilters
 from flare.runtime.sitelog import start_thread
 from flare.runtime.task_client import pause
 from flare.runtime.tasks import serialize
@@ -127,6 +128,9 @@ def _run_process(executor: ScriptExecutor, job: ClientJob, script: Path, proxy: 
             "settings": {k: v for k, v in job.settings.job.as_dict().items()},
             "comm_settings": job.settings.comm.as_dict(),
             "tensor_settings": job.settings.tensor.as_dict(),
+            # filters run where the tensors are: in the training process
+            "task_data_filters": job.config.get("task_data_filters", []),
+            "task_result_filters": job.config.get("task_result_filters", []),
         }, out)
     argv = [*_command(executor.command), str(script.relative_to(job.app_dir)), *shlex.split(executor.script_args)]
     env = {**os.environ, BOOTSTRAP_ENV: str(bootstrap)}
@@ -207,8 +211,8 @@ class TrainerExchange:
         self.cell.start()
         if not self.cell.wait_for_peer(self._parent, timeout=60.0):
             raise JobError(f"the training process could not reach its site {self._parent} at {boot['connect_url']}")
-        self._downloaders: list[Any] = []
         self._closed = False
+        self.filters = SiteFilters.from_config(self.site_name, boot, server=False)
         from flare.apis.signal import Signal
 
         self._stop = Signal()
@@ -229,31 +233,32 @@ class TrainerExchange:
             if status == p.TaskStatus.END:
                 return None
             if status == p.TaskStatus.READY:
-                return TaskAssignment(reply.get_header(p.TASK_NAME), reply.get_header(p.TASK_ID), reply.payload)
+                name = reply.get_header(p.TASK_NAME)
+                model = self.filters.receive(reply.payload, name, p.SERVER_FQCN)
+                return TaskAssignment(name, reply.get_header(p.TASK_ID), model)
             if timeout is not None and time.monotonic() - started > timeout:
                 raise FlareTimeoutError(f"no task within {timeout:g} s")
             pause(self._stop, float(reply.get_header(p.RETRY_AFTER) or job.task_fetch_interval))
 
     def submit_result(self, task: TaskAssignment, result: FLModel) -> None:
+        result = self.filters.send(result, task.name, p.SERVER_FQCN)
         serialized = serialize(self.cell, result, 1, self.settings.tensor)
-        if serialized.downloader is not None:
-            self._downloaders.append(serialized.downloader)
         headers = {p.TASK_ID: task.task_id, MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS}
-        reply = self._request(p.TOPIC_RESULT, serialized.payload, headers, self.settings.job.submit_result_timeout)
-        if not reply.ok:
-            raise JobError(f"the site did not take the result of {task.name!r}: {reply.error or reply.return_code}")
+        try:
+            reply = self._request(p.TOPIC_RESULT, serialized.payload, headers, self.settings.job.submit_result_timeout)
+            if not reply.ok:
+                raise JobError(f"the site did not take the result of {task.name!r}: {reply.error or reply.return_code}")
+            serialized.wait_pulled(self._stop)  # the script's live weights must not change before the server has them
+        finally:
+            serialized.release()
 
     def log(self, key: str, value: Any, data_type: str, **kwargs: Any) -> None:
         record = {"key": key, "value": value, "type": str(data_type), **kwargs}
         self.cell.fire_and_forget(self._parent, self._channel, p.TOPIC_LOG, record)
 
     def close(self) -> None:
-        """Stays until the server has pulled the tensors of our results, then disconnects."""
         if self._closed:
             return
-        for downloader in self._downloaders:
-            while downloader.wait(1.0) is None:
-                pass
         self._closed = True
         self.cell.close()
 

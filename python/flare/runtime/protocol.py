@@ -43,6 +43,7 @@ TASK_NAME = "task_name"
 TASK_STATUS = "task_status"  # a get_task answer: one of the TaskStatus values
 RETRY_AFTER = "retry_after"
 REASON = "reason"
+ACCEPTED = "accepted"  # a submit answer: False when the result came too late to count
 HEARTBEAT_INTERVAL = "heartbeat_interval"  # a client tells the server how often it will say it is alive
 
 

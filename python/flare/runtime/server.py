@@ -15,6 +15,7 @@ from flare.apis.fl_constant import RunStatus
 from flare.cellnet import Cell, Message, ReturnCode
 from flare.config import JobSettings, RuntimeSettings
 from flare.errors import JobError
+from flare.fobs.via_downloader import LAZY_DOWNLOAD
 from flare.runtime import protocol as p
 from flare.runtime.protocol import HEARTBEAT_INTERVAL
 from flare.runtime.server_job import ServerJob
@@ -51,7 +52,7 @@ class FederatedServer:
         self.settings = settings or RuntimeSettings.from_config()
         self.cell = Cell(p.SERVER_FQCN, listen=listen, settings=self.settings.comm)
         # results arrive with references to their tensors; workflows pull them as they fold them
-        self.cell.fobs_ctx["lazy_download"] = True
+        self.cell.fobs_ctx[LAZY_DOWNLOAD] = True
         self._clients: dict[str, ClientRecord] = {}
         self._lock = threading.Lock()
         self._jobs: dict[str, ServerJob] = {}
@@ -206,8 +207,8 @@ class FederatedServer:
         if job is None:
             return Message.reply(ReturnCode.INVALID_REQUEST, f"no job {msg.get_header(p.JOB_ID)!r}")
         error = msg.get_header(p.REASON)
-        job.accept_result(site, msg.get_header(p.TASK_ID) or "", msg.payload, error)
-        return None
+        accepted = job.accept_result(site, msg.get_header(p.TASK_ID) or "", msg.payload, error)
+        return Message({p.ACCEPTED: accepted})
 
     def _on_admin(self, msg: Message) -> Any:
         topic = msg.topic

@@ -17,6 +17,7 @@ from flare.config import RuntimeSettings
 from flare.errors import FlareError, JobError
 from flare.runtime import protocol as p
 from flare.runtime.job import SERVER_CONFIG, build, importable, read_config, read_meta, settings_of, zip_app
+from flare.runtime.filters import SiteFilters
 from flare.runtime.sitelog import site_log, start_thread
 from flare.runtime.tasks import SerializedTask, ServerTask, serialize
 
@@ -69,7 +70,12 @@ class ServerJob:
         unknown = [t for t in targets if t not in self.alive_clients()]
         if unknown:
             raise JobError(f"task {task_name!r}: {', '.join(unknown)} not in the job (clients: {self.alive_clients()})")
-        task = ServerTask(task_name, data, list(targets), min_responses, timeout, result_cb, self._serialize)
+        data = self.filters.send(data, task_name, ",".join(targets))
+
+        def on_result(client: str, result: FLModel) -> None:
+            result_cb(client, self.filters.receive(result, task_name, client))
+
+        task = ServerTask(task_name, data, list(targets), min_responses, timeout, on_result, self._serialize)
         with self._lock:
             self._tasks = [t for t in self._tasks if not t.is_done()] + [task]
         self.server.cell.fire_and_forget(targets, p.CHANNEL_TASK, p.TOPIC_TASK_READY, None,
@@ -97,20 +103,23 @@ class ServerJob:
                 return Message(headers, payload)
         return Message({p.TASK_STATUS: p.TaskStatus.WAIT, p.RETRY_AFTER: self.settings.job.task_fetch_interval})
 
-    def accept_result(self, site: str, task_id: str, result: Any, error: str | None) -> None:
+    def accept_result(self, site: str, task_id: str, result: Any, error: str | None) -> bool:
+        """Hands a result to its task; False when it does not count (late, repeated, for a task that ended)."""
         with self._lock:
             tasks = list(self._tasks)
         if not task_id:  # the site's job failed outside any task
             self.client_lost(site, error or "its job ended")
-            return
+            return False
         if error is None and not isinstance(result, FLModel):
             error = f"sent a result of type {type(result).__name__}, not an FLModel"
         for task in tasks:
             if task.task_id == task_id:
-                if not task.add_result(site, result if error is None else None, error):
-                    log.info("discarded a late or repeated result of %s for task %s", site, task.name)
-                return
+                if task.add_result(site, result if error is None else None, error):
+                    return True
+                log.info("discarded a late or repeated result of %s for task %s", site, task.name)
+                return False
         log.info("discarded a result of %s for a task no longer running (%s)", site, task_id[:8])
+        return False
 
     def client_joined(self, site: str) -> None:
         """A client registered while the job runs: it takes part from now on."""
@@ -180,6 +189,7 @@ class ServerJob:
         config = read_config(self.app_dir, SERVER_CONFIG)
         self._settings = RuntimeSettings.from_config({**settings_of(config)})
         with importable(self.app_dir / "custom"):
+            self.filters = SiteFilters.from_config("server", config, server=True)
             for spec in config.get("components", []):
                 self._components[spec["id"]] = build(spec)
             workflows = config.get("workflows", [])

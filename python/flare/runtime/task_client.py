@@ -29,7 +29,6 @@ class TaskClient:
         self.job_id = job_id
         self.settings = settings
         self.abort_signal = abort_signal
-        self._downloaders: list[Any] = []  # transactions serving our results' tensors until the server pulled them
         self.ended = False
         self.task_ready = threading.Event()  # set when the server says a task waits: ask at once
 
@@ -81,14 +80,20 @@ class TaskClient:
             self.task_ready.wait(min(left, 0.05))
 
     def submit(self, task: TaskAssignment, result: FLModel) -> None:
-        """Sends a result; its tensors are served to the server by download. On a timeout or a lost connection the
-        same bytes are sent again, up to ``max_resends`` times."""
+        """Sends a result and returns once the server has pulled its tensors: they may be the training script's live
+        weights, which must not change before then. On a timeout or a lost connection the same bytes are sent again,
+        up to ``max_resends`` times."""
         serialized = serialize(self.cell, result, 1, self.settings.tensor)
-        if serialized.downloader is not None:
-            self._downloaders.append(serialized.downloader)
         headers = self._headers(**{p.TASK_ID: task.task_id, p.TASK_NAME: task.name,
                                    MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS})
-        self._send(headers, serialized.payload, f"the result of task {task.name!r}")
+        try:
+            reply = self._send(headers, serialized.payload, f"the result of task {task.name!r}")
+            if reply.get_header(p.ACCEPTED, True):
+                serialized.wait_pulled(self.abort_signal)
+            else:
+                log.info("the server did not take the result of task %r: it came too late", task.name)
+        finally:
+            serialized.release()
 
     def report_failure(self, task: TaskAssignment | None, reason: str) -> None:
         """Tells the server this site failed ``task`` (or, with no task, its part of the job)."""
@@ -98,14 +103,16 @@ class TaskClient:
         except JobError as e:
             log.error("%s", e)
 
-    def _send(self, headers: dict[str, Any], payload: Any, what: str) -> None:
+    def _send(self, headers: dict[str, Any], payload: Any, what: str) -> Message:
         job = self.settings.job
         attempts = job.max_resends + 1
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             reply = self.cell.request(p.SERVER_FQCN, p.CHANNEL_TASK, p.TOPIC_SUBMIT, payload, headers=headers,
                                       timeout=job.submit_result_timeout)
             if reply.ok:
-                return
+                return reply
             retriable = reply.return_code in (ReturnCode.TIMEOUT, ReturnCode.TARGET_UNREACHABLE, ReturnCode.COMM_ERROR)
             if not retriable or attempt == attempts or self.abort_signal.triggered:
                 raise JobError(
@@ -114,15 +121,6 @@ class TaskClient:
                     "is slow to answer"
                 )
             log.warning("sending %s again (attempt %d of %d): %s", what, attempt + 1, attempts, reply.return_code)
-
-    def finish(self) -> None:
-        """Waits until the server pulled what our results refer to. Each transaction ends once pulled, or when
-        nobody pulled for its download timeout (``tensor_min_download_timeout``), so this wait is bounded by idle
-        time, not by the size of the model."""
-        for downloader in self._downloaders:
-            while downloader.wait(1.0) is None and not self.abort_signal.triggered:
-                pass
-        self._downloaders.clear()
 
 
 def pause(signal: Signal, seconds: float) -> None:

@@ -33,6 +33,12 @@ class SerializedTask:
     payload: bytes
     downloader: Any = None
 
+    def wait_pulled(self, signal: Any) -> None:
+        """Waits until the receivers pulled the tensors, or the transaction ended otherwise (nobody pulled for its
+        download timeout, or it was deleted): bounded by idle time, not by the model's size."""
+        while self.downloader is not None and self.downloader.wait(0.5) is None and not signal.triggered:
+            pass
+
     def release(self) -> None:
         if self.downloader is not None:
             self.downloader.delete_transaction()
@@ -45,8 +51,10 @@ def serialize(cell: Any, obj: Any, num_receivers: int, tensor_settings: Any) -> 
     from flare import fobs
     from flare.cellnet.message import fobs_ctx_of
 
+    from flare.fobs.via_downloader import TENSOR_SETTINGS
+
     ctx = fobs_ctx_of(cell, num_receivers) or {}
-    ctx["tensor_settings"] = tensor_settings
+    ctx[TENSOR_SETTINGS] = tensor_settings
     payload = fobs.dumps(obj, fobs_ctx=ctx)
     return SerializedTask(payload, ctx.get("downloader"))
 
@@ -96,9 +104,11 @@ class ServerTask:
         return self._done.is_set()
 
     def wait(self, timeout: float | None) -> bool:
+        """True once done, False if still running after ``timeout`` seconds; raises ``JobError`` if it failed."""
         if not self._done.wait(timeout):
             self._check_timeout()
-            return self._done.is_set()
+            if not self._done.is_set():
+                return False
         if self.error is not None:
             raise JobError(self.error)
         return True

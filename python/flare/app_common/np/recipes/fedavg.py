@@ -91,7 +91,7 @@ class NumpyFedAvgRecipe(FedAvgRecipeBase):
     def persistor_args(self) -> dict[str, Any]:
         import numpy as np
 
-        save = {"save_filename": self.default_save_filename}
+        save = {"save_filename": self.save_filename}
         if self.initial_ckpt is not None:
             ckpt = Path(self.initial_ckpt)
             if ckpt.is_absolute():

@@ -84,6 +84,7 @@ class FedAvgRecipe(FedAvgRecipeBase):
 
     def persistor_args(self) -> dict[str, Any]:
         allow_numpy = self.server_expected_format != ExchangeFormat.PYTORCH
+        common = {"allow_numpy_conversion": allow_numpy, "save_filename": self.save_filename}
         if self.initial_ckpt is not None:
             ckpt = Path(self.initial_ckpt)
             if not ckpt.is_absolute():
@@ -91,8 +92,8 @@ class FedAvgRecipe(FedAvgRecipeBase):
                 if not ckpt.is_file():
                     raise ConfigError(f"initial_ckpt {self.initial_ckpt!r} does not exist")
                 self.job.add_file(ckpt, server=True)
-                return {"initial_ckpt": ckpt.name, "allow_numpy_conversion": allow_numpy}
-            return {"initial_ckpt": str(ckpt), "allow_numpy_conversion": allow_numpy}
+                return {"initial_ckpt": ckpt.name, **common}
+            return {"initial_ckpt": str(ckpt), **common}
         state_dict = _state_dict_of(self.model)
 
         def write(path: Path) -> None:
@@ -101,7 +102,7 @@ class FedAvgRecipe(FedAvgRecipeBase):
             torch.save({"model": state_dict}, path)
 
         self.job.server_writers[INITIAL_MODEL] = write
-        return {"initial_ckpt": INITIAL_MODEL, "allow_numpy_conversion": allow_numpy}
+        return {"initial_ckpt": INITIAL_MODEL, **common}
 
 
 def _instantiate(spec: dict[str, Any]) -> Any:
