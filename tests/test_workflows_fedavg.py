@@ -64,7 +64,7 @@ class FakeEngine:
     def alive_clients(self) -> list[str]:
         return list(self.clients)
 
-    def send_task(self, task_name, data, targets, min_responses, timeout, result_cb):
+    def send_task(self, task_name, data, targets, min_responses, timeout, result_cb, wait_time_after_min_received=0):
         self.rounds.append((task_name, data.current_round, sorted(targets)))
 
         def deliver() -> None:

@@ -232,6 +232,16 @@ class JobSettings(_EnvSettings):
         How long a client keeps trying to register before it gives up (default 300).
     wait_for_clients_timeout:
         How long the server waits at job start for ``min_clients`` clients (default 300).
+    deploy_timeout:
+        How long the server waits for a client to acknowledge a job's deployment (default 60). All clients are
+        deployed to at once.
+    strict_start_job_reply_check:
+        If true, a client that does not acknowledge the deployment in ``deploy_timeout`` is left out of the job,
+        with a warning naming it, and the job runs if ``min_clients`` (and every required site) are still there;
+        if false (default, NVFlare's), it stays in the job.
+    sync_client_jobs_require_previous_report:
+        If true (default), a client that has not yet asked for a task of the job is not declared dead for being
+        silent (a slow start is not a death); a lost connection still counts.
     """
 
     _concern: ClassVar[str] = "job"
@@ -245,6 +255,9 @@ class JobSettings(_EnvSettings):
     client_register_interval: float = 2.0
     registration_timeout: float = 300.0
     wait_for_clients_timeout: float = 300.0
+    deploy_timeout: float = 60.0
+    strict_start_job_reply_check: bool = False
+    sync_client_jobs_require_previous_report: bool = True
 
 
 # NVFlare's names for settings that are named otherwise here

@@ -2,7 +2,7 @@
 
 Layout, as NVFlare's::
 
-    <job>/meta.json                              {"name", "min_clients", "deploy_map": {app: [sites]}}
+    <job>/meta.json                              {"name", "min_clients", "required_sites", "deploy_map": {app: [sites]}}
     <job>/app_server/config/config_fed_server.json
     <job>/app_client/config/config_fed_client.json   (or app_<site> for a site of its own)
     <job>/<app>/custom/                          the training script and whatever it imports
@@ -43,9 +43,13 @@ STRUCTURE_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class JobMeta:
+    """``min_clients`` (NVFlare's ``min_sites`` is read too): fewer clients running the job fail it.
+    ``required_sites`` (or ``mandatory_clients``): sites whose absence fails the job whatever the count."""
+
     name: str
     min_clients: int
     deploy_map: dict[str, list[str]]
+    required_sites: tuple[str, ...] = ()
 
     def app_for(self, site: str) -> str:
         """The app folder a site runs: its own when the deploy map names it, else the one for every client."""
@@ -62,11 +66,25 @@ def read_meta(job_dir: Path) -> JobMeta:
     path = job_dir / META_FILE
     try:
         meta = json.loads(path.read_text())
-        return JobMeta(str(meta["name"]), int(meta.get("min_clients", 1)), dict(meta["deploy_map"]))
     except FileNotFoundError:
         raise JobError(f"{job_dir} is not a job folder: it has no {META_FILE}") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise JobError(f"{path} is invalid: {type(e).__name__}: {e}") from None
+    except ValueError as e:
+        raise JobError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise JobError(f"{path} must hold a JSON object")
+    for key in ("name", "deploy_map"):
+        if key not in meta:
+            raise JobError(f"{path} has no {key!r}")
+    min_clients = meta.get("min_clients", meta.get("min_sites", 1))
+    if type(min_clients) is not int or min_clients < 1:
+        raise JobError(f"{path}: min_clients must be a positive int, got {min_clients!r}")
+    required = meta.get("required_sites", meta.get("mandatory_clients")) or []
+    deploy_map = meta["deploy_map"]
+    if not isinstance(deploy_map, dict) or not all(isinstance(v, list) for v in deploy_map.values()):
+        raise JobError(f"{path}: deploy_map must map app names to lists of sites, got {deploy_map!r}")
+    if not isinstance(required, list) or not all(isinstance(site, str) for site in required):
+        raise JobError(f"{path}: required_sites must be a list of site names, got {required!r}")
+    return JobMeta(str(meta["name"]), min_clients, dict(deploy_map), tuple(required))
 
 
 def read_config(app_dir: Path, file_name: str) -> dict[str, Any]:

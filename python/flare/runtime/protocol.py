@@ -37,6 +37,7 @@ TOPIC_LOG = "log"
 
 # header keys
 JOB_ID = "job_id"
+APP = "app"  # a deployment: the app folder it carries
 SITE = "site"
 TASK_ID = "task_id"
 TASK_NAME = "task_name"

@@ -144,7 +144,7 @@ class FederatedServer:
                 for record in records:
                     reason = self._silence(record, now, job.settings.job)
                     if reason is not None:
-                        job.client_lost(record.name, reason)
+                        job.client_lost(record.name, reason, silent_only=record.down_since is None)
             for record in records:
                 reason = self._silence(record, now, self.settings.job)
                 if reason is None:

@@ -43,6 +43,7 @@ class ServerJob:
         self.error: str | None = None
         self._clients: list[str] = []  # taking part, in order of joining
         self._lost: set[str] = set()
+        self._reported: set[str] = set()  # clients seen running the job (they asked for a task)
         self._tasks: list[ServerTask] = []
         self._components: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -64,7 +65,8 @@ class ServerJob:
     def get_component(self, component_id: str) -> Any:
         return self._components.get(component_id)
 
-    def send_task(self, task_name, data, targets, min_responses, timeout, result_cb) -> ServerTask:  # type: ignore[no-untyped-def]
+    def send_task(self, task_name, data, targets, min_responses, timeout, result_cb,  # type: ignore[no-untyped-def]
+                  wait_time_after_min_received=0.0) -> ServerTask:
         if self.abort_signal.triggered:
             raise JobError("the job was aborted")
         unknown = [t for t in targets if t not in self.alive_clients()]
@@ -75,7 +77,8 @@ class ServerJob:
         def on_result(client: str, result: FLModel) -> None:
             result_cb(client, self.filters.receive(result, task_name, client))
 
-        task = ServerTask(task_name, data, list(targets), min_responses, timeout, on_result, self._serialize)
+        task = ServerTask(task_name, data, list(targets), min_responses, timeout, on_result, self._serialize,
+                          wait_time_after_min_received)
         with self._lock:
             self._tasks = [t for t in self._tasks if not t.is_done()] + [task]
         self.server.cell.fire_and_forget(targets, p.CHANNEL_TASK, p.TOPIC_TASK_READY, None,
@@ -87,6 +90,7 @@ class ServerJob:
 
     # ---- from the server's handlers ----
     def next_task(self, site: str) -> Message:
+        self._reported.add(site)
         if self.status in RunStatus.FINAL:
             return Message({p.TASK_STATUS: p.TaskStatus.END, p.REASON: self.status})
         with self._lock:
@@ -130,8 +134,12 @@ class ServerJob:
         # not on the caller's thread: that is the handler of the client's registration, which the deployment needs
         start_thread(self._deploy, f"deploy-{site}", [site])  # a client registers once per start: a known one restarted and lost its job
 
-    def client_lost(self, site: str, reason: str) -> None:
+    def client_lost(self, site: str, reason: str, silent_only: bool = False) -> None:
+        """``site`` is gone (``silent_only``: it has been quiet but its connection is up) and stops counting for
+        this job; a quiet site that never asked for a task yet is spared (``sync_client_jobs_require_previous_report``)."""
         if self.status in RunStatus.FINAL:
+            return
+        if silent_only and site not in self._reported and self.settings.job.sync_client_jobs_require_previous_report:
             return
         with self._lock:
             if site not in self._clients or site in self._lost:
@@ -202,27 +210,52 @@ class ServerJob:
                 bind(self)
         clients = self.server.wait_for_clients(self.meta.min_clients, self._settings.job.wait_for_clients_timeout)
         self._deploy(clients)
+        self._check_participants()
         return controller
 
     def _deploy(self, clients: list[str]) -> None:
-        deployed = []
+        """Sends each client its app, all at once, and decides who takes part (``strict_start_job_reply_check``)."""
+        settings = self.settings.job
+        by_app: dict[str, list[str]] = {}
         for site in clients:
-            app = self.meta.app_for(site)
-            reply = self.server.cell.request(
-                site, p.CHANNEL_SITE, p.TOPIC_DEPLOY, zip_app(self.job_dir / app),
-                headers={p.JOB_ID: self.job_id, "app": app}, timeout=60.0,
+            by_app.setdefault(self.meta.app_for(site), []).append(site)
+        joined, silent, refused = [], [], []
+        for app, sites in by_app.items():
+            replies = self.server.cell.broadcast(
+                sites, p.CHANNEL_SITE, p.TOPIC_DEPLOY, zip_app(self.job_dir / app),
+                headers={p.JOB_ID: self.job_id, p.APP: app}, timeout=settings.deploy_timeout,
             )
-            if reply.ok:
-                deployed.append(site)
+            for site, reply in replies.items():
+                if reply.ok:
+                    joined.append(site)
+                elif reply.return_code == ReturnCode.TIMEOUT:
+                    silent.append(site)
+                else:
+                    refused.append(f"{site} ({reply.error or reply.return_code})")
+        if refused:
+            log.error("could not deploy the job to %s", ", ".join(refused))
+        if silent:
+            if settings.strict_start_job_reply_check:
+                log.warning("left out of the job: %s did not acknowledge it in deploy_timeout=%g s",
+                            ", ".join(silent), settings.deploy_timeout)
             else:
-                log.error("could not deploy the job to %s: %s", site, reply.error or reply.return_code)
+                log.warning("%s did not acknowledge the job in deploy_timeout=%g s; kept in it "
+                            "(strict_start_job_reply_check is off)", ", ".join(silent), settings.deploy_timeout)
+                joined.extend(silent)
         with self._lock:
-            for site in deployed:
+            for site in joined:
                 if site not in self._clients:
                     self._clients.append(site)
-        if len(self.alive_clients()) < self.meta.min_clients:
+
+    def _check_participants(self) -> None:
+        running = self.alive_clients()
+        missing = [site for site in self.meta.required_sites if site not in running]
+        if missing:
+            raise JobError(f"required site(s) {', '.join(missing)} are not running the job")
+        if len(running) < self.meta.min_clients:
             raise JobError(
-                f"the job runs on {len(self.alive_clients())} clients, fewer than min_clients={self.meta.min_clients}"
+                f"the job runs on {len(running)} clients ({', '.join(running) or 'none'}), fewer than "
+                f"min_clients={self.meta.min_clients}; raise deploy_timeout if clients are slow to start"
             )
 
     def _end_clients(self) -> None:

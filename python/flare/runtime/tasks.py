@@ -24,6 +24,7 @@ from flare.runtime.sitelog import start_thread
 log = logging.getLogger(__name__)
 
 Dump = Callable[[FLModel, int], "SerializedTask"]
+_NOTHING_YET: Any = object()  # no result arrived within a poll of the results queue
 
 
 @dataclass
@@ -71,6 +72,7 @@ class ServerTask:
         timeout: float,
         result_cb: Callable[[str, FLModel], None],
         dump: Dump,
+        wait_after_min: float = 0.0,
     ):
         if min_responses > len(targets):
             raise JobError(
@@ -83,6 +85,7 @@ class ServerTask:
         self._min_responses = max(min_responses, 0)
         self._timeout = timeout
         self._result_cb = result_cb
+        self._wait_after_min = wait_after_min
         self._lock = threading.Lock()
         self._pending: set[str] = set(targets)  # assigned, no result yet
         self._answered: set[str] = set()
@@ -187,21 +190,38 @@ class ServerTask:
 
     def _deliver(self) -> None:
         delivered = 0
+        min_reached_at: float | None = None
         while True:
-            item = self._results.get()
+            try:
+                item = self._results.get(timeout=0.1 if min_reached_at is not None else None)
+            except queue.Empty:
+                item = _NOTHING_YET
             if item is None:
                 return
-            client, result = item
-            try:
-                self._result_cb(client, result)
-            except Exception as e:  # the workflow's failure ends the task with its reason
-                log.exception("task %s: handling the result of %s failed", self.name, client)
-                self._finish(f"task {self.name!r}: handling the result of {client} failed: {type(e).__name__}: {e}")
-                return
-            delivered += 1
+            if item is not _NOTHING_YET:
+                client, result = item
+                try:
+                    self._result_cb(client, result)
+                except Exception as e:  # the workflow's failure ends the task with its reason
+                    log.exception("task %s: handling the result of %s failed", self.name, client)
+                    self._finish(f"task {self.name!r}: handling the result of {client} failed: {type(e).__name__}: {e}")
+                    return
+                delivered += 1
+                with self._lock:
+                    self._last_progress = time.monotonic()
+            if delivered < self._min_responses:
+                continue
+            # enough results: wait a little for the others, then the rest is late (the workflow has moved on)
+            min_reached_at = min_reached_at or time.monotonic()
             with self._lock:
-                self._last_progress = time.monotonic()
-            if delivered >= self._min_responses:  # later results are late: the workflow has moved on
+                waiting = sorted(self._pending)
+            if not waiting and self._results.empty():
+                self._finish(None)
+                return
+            if time.monotonic() - min_reached_at >= self._wait_after_min:
+                if waiting:
+                    log.warning("task %s: going on without %s (%d results of at least %d in)", self.name,
+                                ", ".join(waiting), delivered, self._min_responses)
                 self._finish(None)
                 return
 

@@ -2,5 +2,6 @@
 
 from flare.workflows.fedavg import BaseFedAvg, FedAvg
 from flare.workflows.model_controller import ModelController
+from flare.workflows.scatter_and_gather import ScatterAndGather
 
-__all__ = ["BaseFedAvg", "FedAvg", "ModelController"]
+__all__ = ["BaseFedAvg", "FedAvg", "ModelController", "ScatterAndGather"]

@@ -233,14 +233,16 @@ class FedAvg(BaseFedAvg):
         for self.current_round in range(self.start_round, self.start_round + self.num_rounds):
             self.info(f"Round {self.current_round} started.")
             model.current_round = self.current_round
-            clients = self.sample_clients(self.num_clients)
+            clients, min_responses, wait_after_min = self.round_targets()
             self._begin_round(len(clients))
             handle = self.send_model(
                 task_name=self.task_name,
                 data=model,
                 targets=clients,
+                min_responses=min_responses,
                 timeout=self.task_timeout,
                 callback=self._fold_result,
+                wait_time_after_min_received=wait_after_min,
             )
             try:
                 self.wait_for(handle)
@@ -260,6 +262,12 @@ class FedAvg(BaseFedAvg):
                 break
             self.maybe_cleanup_memory()
         self.info("Finished FedAvg.")
+
+    def round_targets(self) -> tuple[list[str], int, float]:
+        """The clients of a round, how many results it needs, and how long it waits for the rest once it has
+        them: ``num_clients`` sampled clients, all of them needed."""
+        clients = self.sample_clients(self.num_clients)
+        return clients, len(clients), 0.0
 
     def _should_stop(self, metrics: Mapping[str, Any] | None, progress: MetricTracker) -> bool:
         progress.update(metrics)

@@ -50,6 +50,7 @@ class ControllerEngine(Protocol):
         min_responses: int,
         timeout: float,
         result_cb: Callable[[str, FLModel], None],
+        wait_time_after_min_received: float = 0,
     ) -> TaskHandle:
         """Sends ``data`` as task ``task_name`` to ``targets``. ``result_cb(client, result)`` runs once per result,
         one result at a time per task; a result's params may hold ``LazyDownloadRef`` values still to be pulled
@@ -110,9 +111,12 @@ class ModelController:
         min_responses: int | None = None,
         timeout: float = 0,
         callback: ResultCallback | None = None,
+        wait_time_after_min_received: float = 0,
     ) -> TaskHandle:
         """Sends ``data`` to ``targets`` (default: every client) without waiting; ``callback(result)`` runs per
-        result, with ``result.meta["client_name"]`` naming its client."""
+        result, with ``result.meta["client_name"]`` naming its client. The task is done once ``min_responses``
+        results are in (default: all targets) and, after that, the others are in or
+        ``wait_time_after_min_received`` seconds passed; results after that are discarded."""
         data = data if data is not None else FLModel(params={})
         if not isinstance(data, FLModel):
             raise TypeError(f"data must be an FLModel, got {type(data).__name__}")
@@ -126,7 +130,8 @@ class ModelController:
             if callback is not None:
                 callback(result)
 
-        handle = self.engine.send_task(task_name, data, targets, min_responses, timeout, on_result)
+        handle = self.engine.send_task(task_name, data, targets, min_responses, timeout, on_result,
+                                       wait_time_after_min_received)
         with self._tasks_lock:
             self._tasks.append(handle)
         return handle
