@@ -31,7 +31,7 @@ build: $(DEPS)
 	$(BIN)/maturin develop --release --quiet
 
 run: build
-	$(BIN)/python examples/hello-cellnet/run.py
+	cd examples/hello-pt && $(abspath $(BIN))/python job.py
 
 test: build test-rust test-python
 
