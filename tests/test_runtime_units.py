@@ -162,3 +162,30 @@ def test_concurrent_results_reach_the_workflow_one_at_a_time() -> None:
     for t in threads:
         t.start()
     assert task.wait(5.0) and peak[0] == 1
+
+
+def test_contradicting_timeouts_are_named_together() -> None:
+    assert RuntimeSettings.from_config().inconsistencies() == []
+    problems = RuntimeSettings.from_config({"np_min_download_timeout": 5}).inconsistencies()
+    assert len(problems) == 1
+    assert "np_min_download_timeout=5" in problems[0] and "np_streaming_per_request_timeout=600" in problems[0]
+
+
+def test_a_deployment_without_its_metadata_is_refused_by_field(tmp_path: Path) -> None:
+    from flare.runtime.client import FederatedClient
+
+    client = FederatedClient("site-1", "tcp://127.0.0.1:1", tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="missing 'job_id'"):
+            client._on_deploy(Message({p.APP: "app_client"}, b"zip"))
+        with pytest.raises(RuntimeError, match="missing 'app'"):
+            client._on_deploy(Message({p.JOB_ID: "j1"}, b"zip"))
+    finally:
+        client.cell.close()
+
+
+def test_a_training_process_without_its_job_metadata_names_what_is_missing() -> None:
+    from flare.runtime.external import TrainerExchange
+
+    with pytest.raises(RuntimeError, match="missing .*job_id.*connect_url"):
+        TrainerExchange({"site_name": "site-1"})

@@ -291,6 +291,31 @@ class RuntimeSettings:
             tensor=TensorSettings.from_env(**per_owner[TensorSettings]),
         )
 
+    def inconsistencies(self) -> list[str]:
+        """Timeouts that contradict each other, each naming both settings (warned about at job start)."""
+        found = []
+        pairs = [
+            ("min_download_timeout", self.comm.min_download_timeout,
+             "streaming_per_request_timeout", self.comm.streaming_per_request_timeout),
+            ("np_min_download_timeout", self.tensor.np_min_download_timeout,
+             "np_streaming_per_request_timeout", self.tensor.np_streaming_per_request_timeout),
+            ("tensor_min_download_timeout", self.tensor.tensor_min_download_timeout,
+             "tensor_streaming_per_request_timeout", self.tensor.tensor_streaming_per_request_timeout),
+        ]
+        defaults = {**CommSettings().as_dict(), **TensorSettings().as_dict()}
+        for short_name, short, long_name, long in pairs:
+            # NVFlare's own defaults are such a pair (300 and 600); warn only where a job or the environment chose
+            if short < long and (short, long) != (defaults[short_name], defaults[long_name]):
+                found.append(
+                    f"{short_name}={short:g} is shorter than {long_name}={long:g}: an owner may drop a transaction "
+                    f"while its receiver still waits for a reply; raise {short_name}"
+                )
+        job = self.job
+        if job.get_task_timeout < job.task_fetch_interval:
+            found.append(f"get_task_timeout={job.get_task_timeout:g} is shorter than "
+                         f"task_fetch_interval={job.task_fetch_interval:g}")
+        return found
+
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
     kind = kind if isinstance(kind, str) else kind.__name__

@@ -91,6 +91,11 @@ class FederatedClient:
                                       headers={p.SITE: self.name})
 
     def _on_deploy(self, msg: Message) -> Any:
+        for field in (p.JOB_ID, p.APP):
+            if not msg.get_header(field):
+                raise RuntimeError(f"job metadata is missing {field!r}: the deployment cannot be run")
+        if msg.payload is None:
+            raise RuntimeError("job metadata is missing the app: the deployment carries no files")
         job_id = msg.get_header(p.JOB_ID)
         previous = self.jobs.get(job_id)
         if previous is not None and previous.is_alive():

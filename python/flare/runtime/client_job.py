@@ -104,6 +104,8 @@ class ClientJob:
             try:
                 config = read_config(self.app_dir, CLIENT_CONFIG)
                 self.settings = RuntimeSettings.from_config(settings_of(config))
+                for problem in self.settings.inconsistencies():
+                    log.warning("%s: job %s: %s", self.site, self.job_id, problem)
                 self.tasks = TaskClient(self.client.cell, self.site, self.job_id, self.settings, self.abort_signal)
                 self.config = config
                 with importable(self.app_dir / "custom"):

@@ -28,10 +28,12 @@ from flare.cellnet.message import Encoding, MessageHeaderKey
 from flare.client.exchange import BOOTSTRAP_ENV, ClientAPIConfig, TaskAssignment
 from flare.config import RuntimeSettings
 from flare.errors import FlareTimeoutError, JobError
+from flare.fobs.lazy import resolve
+from flare.fobs.via_downloader import LAZY_DOWNLOAD
 from flare.runtime import protocol as p
 from flare.runtime.filters import SiteFilters
 from flare.runtime.sitelog import start_thread
-from flare.runtime.task_client import pause
+from flare.runtime.task_client import pause, request_with_resends
 from flare.runtime.tasks import serialize
 
 if TYPE_CHECKING:
@@ -198,7 +200,13 @@ def _relay_output(process: subprocess.Popen, site: str) -> None:  # type: ignore
 class TrainerExchange:
     """The task exchange of a training script in its own process, over a cell that is a child of the site's."""
 
+    REQUIRED = ("site_name", "job_id", "task_exchange", "cj_fqcn", "channel", "trainer_fqcn", "connect_url")
+
     def __init__(self, boot: dict[str, Any]):
+        missing = [field for field in self.REQUIRED if not boot.get(field)]
+        if missing:
+            raise RuntimeError(f"the Client API bootstrap is missing {', '.join(missing)}: the job metadata of this "
+                               "training process is incomplete")
         self.site_name = boot["site_name"]
         self.job_id = boot["job_id"]
         self.config = ClientAPIConfig(**boot["task_exchange"])
@@ -208,6 +216,7 @@ class TrainerExchange:
         self._parent = boot["cj_fqcn"]
         self._channel = boot["channel"]
         self.cell = Cell(boot["trainer_fqcn"], parent_url=boot["connect_url"], settings=self.settings.comm)
+        self.cell.fobs_ctx[LAZY_DOWNLOAD] = True
         self.cell.start()
         if not self.cell.wait_for_peer(self._parent, timeout=60.0):
             raise JobError(f"the training process could not reach its site {self._parent} at {boot['connect_url']}")
@@ -233,8 +242,9 @@ class TrainerExchange:
             if status == p.TaskStatus.END:
                 return None
             if status == p.TaskStatus.READY:
+                # the task is taken at once and its tensors pulled after: a long download cannot time out the fetch
                 name = reply.get_header(p.TASK_NAME)
-                model = self.filters.receive(reply.payload, name, p.SERVER_FQCN)
+                model = self.filters.receive(resolve(reply.payload), name, p.SERVER_FQCN)
                 return TaskAssignment(name, reply.get_header(p.TASK_ID), model)
             if timeout is not None and time.monotonic() - started > timeout:
                 raise FlareTimeoutError(f"no task within {timeout:g} s")
@@ -245,9 +255,10 @@ class TrainerExchange:
         serialized = serialize(self.cell, result, 1, self.settings.tensor)
         headers = {p.TASK_ID: task.task_id, MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS}
         try:
-            reply = self._request(p.TOPIC_RESULT, serialized.payload, headers, self.settings.job.submit_result_timeout)
-            if not reply.ok:
-                raise JobError(f"the site did not take the result of {task.name!r}: {reply.error or reply.return_code}")
+            if self._closed:
+                raise JobError("the task exchange is closed")
+            request_with_resends(self.cell, self._parent, self._channel, p.TOPIC_RESULT, serialized.payload, headers,
+                                 self.settings, self._stop, f"the result of task {task.name!r}")
             serialized.wait_pulled(self._stop)  # the script's live weights must not change before the server has them
         finally:
             serialized.release()

@@ -196,6 +196,8 @@ class ServerJob:
         shutil.copytree(self.job_dir / SERVER_APP, self.app_dir, dirs_exist_ok=True)
         config = read_config(self.app_dir, SERVER_CONFIG)
         self._settings = RuntimeSettings.from_config({**settings_of(config)})
+        for problem in self._settings.inconsistencies():
+            log.warning("job %s: %s", self.job_id, problem)
         with importable(self.app_dir / "custom"):
             self.filters = SiteFilters.from_config("server", config, server=True)
             for spec in config.get("components", []):

@@ -104,23 +104,29 @@ class TaskClient:
             log.error("%s", e)
 
     def _send(self, headers: dict[str, Any], payload: Any, what: str) -> Message:
-        job = self.settings.job
-        attempts = job.max_resends + 1
-        attempt = 0
-        while True:
-            attempt += 1
-            reply = self.cell.request(p.SERVER_FQCN, p.CHANNEL_TASK, p.TOPIC_SUBMIT, payload, headers=headers,
-                                      timeout=job.submit_result_timeout)
-            if reply.ok:
-                return reply
-            retriable = reply.return_code in (ReturnCode.TIMEOUT, ReturnCode.TARGET_UNREACHABLE, ReturnCode.COMM_ERROR)
-            if not retriable or attempt == attempts or self.abort_signal.triggered:
-                raise JobError(
-                    f"could not deliver {what} to the server after {attempt} attempt(s): "
-                    f"{reply.error or reply.return_code}; raise submit_result_timeout or max_resends if the server "
-                    "is slow to answer"
-                )
-            log.warning("sending %s again (attempt %d of %d): %s", what, attempt + 1, attempts, reply.return_code)
+        return request_with_resends(self.cell, p.SERVER_FQCN, p.CHANNEL_TASK, p.TOPIC_SUBMIT, payload, headers,
+                                    self.settings, self.abort_signal, what)
+
+
+def request_with_resends(cell: Cell, target: str, channel: str, topic: str, payload: Any, headers: dict[str, Any],
+                         settings: RuntimeSettings, signal: Signal, what: str) -> Message:
+    """A request that is sent again, as the same bytes, after a timeout or a lost connection: each attempt waits
+    ``submit_result_timeout``, at most ``max_resends`` more attempts; raises ``JobError`` naming both."""
+    job = settings.job
+    attempts = job.max_resends + 1
+    attempt = 0
+    while True:
+        attempt += 1
+        reply = cell.request(target, channel, topic, payload, headers=headers, timeout=job.submit_result_timeout)
+        if reply.ok:
+            return reply
+        retriable = reply.return_code in (ReturnCode.TIMEOUT, ReturnCode.TARGET_UNREACHABLE, ReturnCode.COMM_ERROR)
+        if not retriable or attempt == attempts or signal.triggered:
+            raise JobError(
+                f"could not deliver {what} to {target} after {attempt} attempt(s): {reply.error or reply.return_code}"
+                "; raise submit_result_timeout or max_resends if it is slow to answer"
+            )
+        log.warning("sending %s again (attempt %d of %d): %s", what, attempt + 1, attempts, reply.return_code)
 
 
 def pause(signal: Signal, seconds: float) -> None:
@@ -133,4 +139,4 @@ def pause(signal: Signal, seconds: float) -> None:
         time.sleep(min(left, 0.05))
 
 
-__all__ = ["TaskClient", "pause"]
+__all__ = ["TaskClient", "pause", "request_with_resends"]
