@@ -216,7 +216,8 @@ class FederatedServer:
             return {"job_id": self.submit_job(msg.payload["job_dir"], msg.payload.get("job_id"))}
         if topic == p.TOPIC_JOB_STATUS:
             job = self.job(msg.payload["job_id"])
-            return {"status": job.status, "error": job.error, "app_dir": str(job.app_dir)}
+            return {"status": job.status, "error": job.error, "app_dir": str(job.app_dir),
+                    "clients": job.alive_clients(), "registered": self.clients(), "startup_s": job.startup_seconds()}
         if topic == p.TOPIC_ABORT_JOB:
             self.abort_job(msg.payload["job_id"])
             return None

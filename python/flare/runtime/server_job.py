@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,10 @@ class ServerJob:
         self._clients: list[str] = []  # taking part, in order of joining
         self._lost: set[str] = set()
         self._reported: set[str] = set()  # clients seen running the job (they asked for a task)
+        # monotonic times, for startup figures
+        self.started_at: float | None = None
+        self.first_task_at: float | None = None
+        self.ended_at: float | None = None
         self._tasks: list[ServerTask] = []
         self._components: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -56,6 +61,12 @@ class ServerJob:
     def join(self, timeout: float | None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def startup_seconds(self) -> float | None:
+        """From the job's start to its first task handed out; None until then."""
+        if self.started_at is None or self.first_task_at is None:
+            return None
+        return self.first_task_at - self.started_at
 
     # ---- ControllerEngine ----
     def alive_clients(self) -> list[str]:
@@ -98,6 +109,7 @@ class ServerJob:
         for task in tasks:
             payload = task.payload_for(site)
             if payload is not None:
+                self.first_task_at = self.first_task_at or time.monotonic()
                 headers = {
                     p.TASK_STATUS: p.TaskStatus.READY,
                     p.TASK_ID: task.task_id,
@@ -169,6 +181,7 @@ class ServerJob:
         return self._settings
 
     def _run(self) -> None:
+        self.started_at = time.monotonic()
         with site_log("server", self.job_dir.parent / "log.txt"):
             try:
                 controller = self._prepare()
@@ -188,6 +201,7 @@ class ServerJob:
                     log.error("job %s failed: %s\n%s", self.job_id, self.error, traceback.format_exc())
                     self.status = RunStatus.FINISHED_EXECUTION_EXCEPTION
             finally:
+                self.ended_at = time.monotonic()
                 self._end_clients()
 
     def _prepare(self) -> Any:
