@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def recipe_for(tmp_path: Path, min_clients: int, markers: Path) -> NumpyFedAvgRe
     return recipe
 
 
-def kill_first_in_round(env: PocEnv, job_id: str, markers: Path, round_number: int, timeout: float = 60.0) -> str:
-    """Kills the client process of the first site that starts ``round_number``; returns its name."""
+def kill_first_in_round(env: PocEnv, job_id: str, markers: Path, round_number: int, timeout: float = 60.0,
+                        sig: int = signal.SIGKILL) -> str:
+    """Sends ``sig`` (default: kills) to the client process of the first site that starts ``round_number``;
+    returns its name."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = env.get_job_status(job_id)
@@ -38,7 +41,7 @@ def kill_first_in_round(env: PocEnv, job_id: str, markers: Path, round_number: i
         found = sorted(markers.glob(f"*.round{round_number}"))
         if found:
             site = found[0].name.split(".")[0]
-            env.processes[site].kill()
+            env.processes[site].send_signal(sig)
             return site
         time.sleep(0.05)
     raise AssertionError(f"no site reached round {round_number}")
@@ -80,3 +83,24 @@ def test_a_client_killed_with_min_clients_no_longer_met_fails_the_job(tmp_path: 
     finally:
         env.stop()
     assert error is None or (killed in error and "min_clients" in error)
+
+
+@pytest.mark.timeout(180)
+def test_a_stopped_client_is_reported_and_the_round_goes_on(tmp_path: Path) -> None:
+    """SIGSTOP keeps the client's connection open but silences it: the server notices the silence, gives the
+    client's share to the spare site, and names the stopped client in its log."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = PocEnv(num_clients=3, extra={"workspace_root": str(tmp_path / "poc"), "settings": {"heart_beat_interval": 0.3}})
+    run = recipe_for(tmp_path, 2, markers).execute(env)
+    stopped = None
+    try:
+        stopped = kill_first_in_round(env, run.get_job_id(), markers, 1, sig=signal.SIGSTOP)
+        assert run.get_result(timeout=90, clean_up=False) is not None, "the job hung"
+        assert run.get_status() == RunStatus.FINISHED_COMPLETED
+        server_log = next((tmp_path / "poc" / "server").glob("*/log.txt")).read_text()
+        assert f"{stopped} is lost (silent for more than" in server_log
+    finally:
+        if stopped is not None:
+            env.processes[stopped].send_signal(signal.SIGCONT)
+        env.stop()

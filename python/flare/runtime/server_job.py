@@ -139,12 +139,13 @@ class ServerJob:
 
     def client_joined(self, site: str) -> None:
         """A client registered while the job runs: it takes part from now on."""
-        if self.status != RunStatus.RUNNING:
+        if self.status not in (RunStatus.DISPATCHED, RunStatus.RUNNING):
             return
         with self._lock:
             self._lost.discard(site)
-        # not on the caller's thread: that is the handler of the client's registration, which the deployment needs
-        start_thread(self._deploy, f"deploy-{site}", [site])  # a client registers once per start: a known one restarted and lost its job
+        # A client registers once per start, so a known one restarted and lost its job. Not on the caller's
+        # thread: that is the handler of the client's registration, which the deployment needs.
+        start_thread(self._deploy, f"deploy-{site}", [site])
 
     def client_lost(self, site: str, reason: str, silent_only: bool = False) -> None:
         """``site`` is gone (``silent_only``: it has been quiet but its connection is up) and stops counting for
@@ -224,6 +225,8 @@ class ServerJob:
             bind = getattr(component, "bind", None)
             if callable(bind):
                 bind(self)
+        # from here on a client that registers is deployed to as it comes (client_joined)
+        self.status = RunStatus.DISPATCHED
         clients = self.server.wait_for_clients(self.meta.min_clients, self._settings.job.wait_for_clients_timeout)
         self._deploy(clients)
         self._check_participants()
