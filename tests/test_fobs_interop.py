@@ -21,11 +21,11 @@ peer = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peer)
 
 
-def run_peer(nvflare_python, *args) -> dict[str, dict]:
+def run_peer(nvflare_python, *args, peer_path=PEER_PATH) -> dict[str, dict]:
     probe = subprocess.run([str(nvflare_python), "-c", "import numpy"], capture_output=True)
     if probe.returncode:
         pytest.fail(f"numpy is missing from {nvflare_python}: run `{nvflare_python} -m pip install numpy`")
-    proc = subprocess.run([str(nvflare_python), str(PEER_PATH), *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(nvflare_python), str(peer_path), *args], capture_output=True, text=True, timeout=120)
     results = {}
     for line in proc.stdout.splitlines():
         record = json.loads(line)

@@ -87,7 +87,7 @@ def hostile_payloads(canary_file):
         "allowed type, decomposer os.system": wrap("tuple", [cmd], "os.system"),
         "allowed type, decomposer Popen": wrap("datetime.datetime", "2020-01-01", "subprocess.Popen"),
         "type name not a string": wrap(["os", "system"], cmd),
-        "NVFlare name with no flare class": wrap("nvflare.apis.dxo.DXO", [cmd], DATA_CLASS_DC),
+        "NVFlare name with no flare class": wrap("nvflare.apis.workspace.Workspace", [cmd], DATA_CLASS_DC),
         "deep": _nest(wrap("os.system", cmd), 200),
         "deep in a tuple": _nest(wrap("tuple", [wrap("subprocess.Popen", {"data": {}}, DATA_CLASS_DC)]), 100),
         "inside a DatumRef id": datum_ref(wrap("os.system", cmd)),

@@ -66,6 +66,15 @@ def build_cases(np, FLModel, ParamsType) -> dict:
     }
 
 
+# The state compared, for classes that both sides have under one name (NVFlare's FLContext also holds a logger).
+COMPARED_ATTRIBUTES = {
+    "FLModel": ("params_type", "params", "optimizer_params", "metrics", "start_round", "current_round",
+                "total_rounds", "meta"),
+    "DXO": ("data_kind", "data", "meta"),
+    "FLContext": ("model", "props"),
+}
+
+
 def same(np, a, b, path="$") -> str | None:
     """None when ``a`` and ``b`` hold the same values with the same types (classes compared by name, so NVFlare's
     FLModel matches flare's); otherwise where they differ."""
@@ -78,13 +87,9 @@ def same(np, a, b, path="$") -> str | None:
         if a.flags.f_contiguous != b.flags.f_contiguous or a.flags.c_contiguous != b.flags.c_contiguous:
             return f"{path}: memory order differs"
         return None if np.array_equal(a, b) else f"{path}: values differ"
-    if ta == "FLModel":
-        for key in ("params_type", "params", "optimizer_params", "metrics", "start_round", "current_round",
-                    "total_rounds", "meta"):
-            va, vb = getattr(a, key), getattr(b, key)
-            if key == "params_type":
-                va, vb = va.value, vb.value
-            found = same(np, va, vb, f"{path}.{key}")
+    if ta in COMPARED_ATTRIBUTES:
+        for key in COMPARED_ATTRIBUTES[ta]:
+            found = same(np, getattr(a, key), getattr(b, key), f"{path}.{key}")
             if found:
                 return found
         return None
@@ -130,10 +135,14 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     fobs, FLModel, ParamsType = import_nvflare_fobs()
-    cases = build_cases(np, FLModel, ParamsType)
-    folder = Path(argv[1])
+    return exchange(argv[0], Path(argv[1]), fobs, np, build_cases(np, FLModel, ParamsType))
+
+
+def exchange(mode: str, folder: Path, fobs, np, cases: dict) -> int:
+    """``dump``: writes each case to ``folder/<case>.fobs``; ``load``: loads each file there and compares it with
+    its case. Reports one JSON line per case; 1 if any failed."""
     failures = 0
-    if argv[0] == "dump":
+    if mode == "dump":
         for name, obj in cases.items():
             (folder / f"{name}.fobs").write_bytes(fobs.dumps(obj))
             print(json.dumps({"case": name, "ok": True, "error": None}), flush=True)

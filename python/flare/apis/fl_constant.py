@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# NVFlare's code imports these from nvflare.apis.fl_constant; they live beside the classes that use them
+from flare.apis.fl_context import FLContextKey, ReservedKey
+from flare.apis.shareable import ReturnCode
+
 
 class FLMetaKey:
     """Keys of ``FLModel.meta`` (and of ``flare.client.system_info()``)."""
@@ -60,4 +64,7 @@ class FrameworkType:
     TENSORFLOW = "tensorflow"
 
 
-__all__ = ["ExchangeFormat", "FLMetaKey", "FrameworkType", "RunStatus", "TransferType"]
+__all__ = [
+    "ExchangeFormat", "FLContextKey", "FLMetaKey", "FrameworkType", "ReservedKey", "ReturnCode", "RunStatus",
+    "TransferType",
+]

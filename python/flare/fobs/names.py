@@ -77,11 +77,16 @@ TYPE_ALIASES: dict[str, str] = {
     "nvflare.app_common.abstract.fl_model.ParamsType": "flare.app_common.abstract.fl_model.ParamsType",
     "nvflare.fuel.utils.fobs.datum.DatumRef": "flare.fobs.datum.DatumRef",
     "nvflare.fuel.utils.fobs.datum.Datum": "flare.fobs.datum.Datum",
+    "nvflare.apis.shareable.Shareable": "flare.apis.shareable.Shareable",
+    "nvflare.apis.dxo.DXO": "flare.apis.dxo.DXO",
+    "nvflare.apis.dxo.DataKind": "flare.apis.dxo.DataKind",
+    "nvflare.apis.fl_context.FLContext": "flare.apis.fl_context.FLContext",
 }
 
 _NVF_CORE = "nvflare.fuel.utils.fobs.decomposers.core_decomposers."
 _NVF_GENERIC = "nvflare.fuel.utils.fobs.decomposer."
 _NVF_NUMPY = "nvflare.app_common.decomposers.numpy_decomposers."
+_NVF_APIS = "nvflare.apis.utils.decomposers.flare_decomposers."
 
 # NVFlare decomposer class name -> flare decomposer class name. Only the decomposer's name crosses the wire; which
 # decomposer rebuilds an object is decided by its type name, here as in NVFlare once a type is registered.
@@ -102,6 +107,8 @@ DECOMPOSER_ALIASES: dict[str, str] = {
     "nvflare.app_common.decomposers.common_decomposers.FLModelDecomposer": (
         "flare.fobs.app_decomposers.FLModelDecomposer"
     ),
+    _NVF_APIS + "DXODecomposer": "flare.fobs.app_decomposers.DXODecomposer",
+    _NVF_APIS + "ContextDecomposer": "flare.fobs.app_decomposers.FLContextDecomposer",
 }
 
 _TYPE_TO_WIRE = {flare: nvf for nvf, flare in TYPE_ALIASES.items()}

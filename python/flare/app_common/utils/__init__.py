@@ -1,0 +1,1 @@
+"""Helpers at NVFlare's ``nvflare.app_common.utils`` paths."""
