@@ -1,6 +1,6 @@
 """hello-pt: federated averaging of SimpleNetwork over simulated client sites (NVFlare's hello-pt job).
 
-    python job.py [--n_clients 2] [--num_rounds 3] [--launch_external_process]
+    python job.py [--n_clients 2] [--num_rounds 3] [--launch_external_process] [--quantization nf4]
 """
 
 import argparse
@@ -19,6 +19,8 @@ def define_parser() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--launch_external_process", action="store_true",
                         help="run client.py in its own process instead of inside each client")
+    parser.add_argument("--quantization", default=None,
+                        help="send the model both ways as float16, bfloat16, blockwise8, float4, nf4 or adaquant")
     return parser.parse_args()
 
 
@@ -35,6 +37,7 @@ def main() -> None:
         # each site trains on its own shard of the data: one shard per client
         train_args=f"--batch_size {args.batch_size} --epochs {args.epochs} --num_sites {n_clients}",
         launch_external_process=args.launch_external_process,
+        quantization=args.quantization,
     )
     add_experiment_tracking(recipe, tracking_type="tensorboard")
 

@@ -14,9 +14,15 @@ __all__ = [
     "Payload",
     "StreamReader",
     "__version__",
+    "cast_floats",
+    "code_table",
     "configure_runtime",
     "default_comm_config",
+    "dequantize_4bit",
+    "dequantize_blockwise8",
     "download",
+    "quantize_4bit",
+    "quantize_blockwise8",
 ]
 
 _HeadersDict = dict[str, Any]
@@ -200,3 +206,28 @@ def configure_runtime(worker_threads: int) -> None:
 
 def default_comm_config() -> dict[str, Any]:
     """The transport's default settings."""
+
+# Quantization kernels (docs/quantization.md). Arrays cross as C-contiguous uint8 buffers (a byte view of a numpy
+# array or CPU tensor) with their float type named: "float32", "float16" or "bfloat16". Outputs are buffers the
+# caller allocated, filled with the GIL released. Sizes are checked: a mismatch raises ValueError.
+
+def quantize_blockwise8(data: Any, dtype: str, codes: Any, absmax: Any, blocksize: int = 4096) -> None:
+    """bitsandbytes' blockwise 8-bit quantization (dynamic map): one code byte per value into `codes`, one float32
+    absmax per block into `absmax`."""
+
+def dequantize_blockwise8(codes: Any, absmax: Any, code: Any, out: Any, dtype: str, blocksize: int = 4096) -> None:
+    """Fills `out` (`dtype` values, one per code) with `code[codes[i]] * absmax[i // blocksize]`; `code` holds the
+    256 float32 values of the map."""
+
+def quantize_4bit(data: Any, dtype: str, quant_type: str, packed: Any, absmax: Any, blocksize: int = 64) -> None:
+    """bitsandbytes' blockwise 4-bit quantization, `quant_type` "fp4" or "nf4": two codes per byte of `packed`
+    (first value in the high nibble), one float32 absmax per block into `absmax`."""
+
+def dequantize_4bit(packed: Any, absmax: Any, quant_type: str, out: Any, dtype: str, blocksize: int = 64) -> None:
+    """Fills `out` (`dtype` values; its length is the value count) from 4-bit `packed` codes and their absmax."""
+
+def cast_floats(source: Any, source_dtype: str, target: Any, target_dtype: str) -> None:
+    """Converts `source` into `target` element by element, rounding to nearest even; float16 saturates at ±65504."""
+
+def code_table(name: str) -> list[float]:
+    """bitsandbytes' code table "dynamic" (8-bit, 256 values), "fp4" or "nf4" (16 values), as float32 values."""

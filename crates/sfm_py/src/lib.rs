@@ -5,7 +5,9 @@ mod cell;
 mod convert;
 mod download;
 mod errors;
+mod exit;
 mod payload;
+mod quant;
 mod reader;
 mod runtime;
 
@@ -24,6 +26,13 @@ fn _sfm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(download::download, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(convert::default_comm_config, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::quantize_blockwise8, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::dequantize_blockwise8, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::quantize_4bit, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::dequantize_4bit, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::cast_floats, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::code_table, m)?)?;
+    exit::register_hook(m)?;
     Ok(())
 }
 

@@ -51,6 +51,7 @@ class FedAvgRecipeBase(Recipe):
         client_memory_gc_rounds: int,
         cuda_empty_cache: bool,
         per_site_config: dict[str, dict] | None,
+        quantization: str | None = None,
     ):
         super().__init__(FedJobConfig(name, min_clients))
         if type(num_rounds) is not int or num_rounds < 1:
@@ -111,6 +112,10 @@ class FedAvgRecipeBase(Recipe):
         self.job.add_file(script, server=False)
         if per_site_config:
             self.set_per_site_config(per_site_config)
+        if quantization is not None:
+            from flare.filters.quantization import add_quantization_filters
+
+            add_quantization_filters(self, quantization)
 
     def persistor_args(self) -> dict[str, Any]:
         raise NotImplementedError

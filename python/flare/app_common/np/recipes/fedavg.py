@@ -17,7 +17,8 @@ INITIAL_DICT = "initial_model.npz"
 class NumpyFedAvgRecipe(FedAvgRecipeBase):
     """Federated averaging of a numpy model: ``model`` is a nested list, an array (carried as
     ``{"numpy_key": array}``, NVFlare's key) or a dict of arrays; or ``initial_ckpt`` names a ``.npy`` / ``.npz``
-    file. Results are saved as ``FL_global_model.npy`` (one array) or ``.npz`` (a dict)."""
+    file. Results are saved as ``FL_global_model.npy`` (one array) or ``.npz`` (a dict). ``quantization`` names a
+    quantization type for the train task's messages both ways (docs/quantization.md)."""
 
     framework = FrameworkType.NUMPY
     persistor_path = "flare.app_common.np.np_model_persistor.NPModelPersistor"
@@ -55,6 +56,7 @@ class NumpyFedAvgRecipe(FedAvgRecipeBase):
         server_memory_gc_rounds: int = 0,
         client_memory_gc_rounds: int = 0,
         cuda_empty_cache: bool = False,
+        quantization: str | None = None,
     ):
         import numpy as np
 
@@ -85,7 +87,7 @@ class NumpyFedAvgRecipe(FedAvgRecipeBase):
             best_model_filename=best_model_filename, save_filename=save_filename, exclude_vars=exclude_vars,
             aggregation_weights=aggregation_weights, server_memory_gc_rounds=server_memory_gc_rounds,
             client_memory_gc_rounds=client_memory_gc_rounds, cuda_empty_cache=cuda_empty_cache,
-            per_site_config=per_site_config,
+            per_site_config=per_site_config, quantization=quantization,
         )
 
     def persistor_args(self) -> dict[str, Any]:

@@ -19,7 +19,9 @@ class FedAvgRecipe(FedAvgRecipeBase):
 
     ``model`` is an ``nn.Module`` or ``{"class_path" (or "path"): "module.Class", "args": {...}}``; its weights
     become the initial global model (``initial_ckpt``, a ``.pt``/``.safetensors`` file, wins when given; an absolute
-    path may exist on the server only). The rest are NVFlare's FedAvgRecipe parameters.
+    path may exist on the server only). The rest are NVFlare's FedAvgRecipe parameters, plus ``quantization``: a
+    quantization type (``"float16"``, ``"bfloat16"``, ``"blockwise8"``, ``"float4"``, ``"normfloat4"``/``"nf4"``,
+    ``"adaquant"``) for the train task's messages both ways, or None (docs/quantization.md).
     """
 
     framework = FrameworkType.PYTORCH
@@ -61,6 +63,7 @@ class FedAvgRecipe(FedAvgRecipeBase):
         enable_tensor_disk_offload: bool = False,
         client_memory_gc_rounds: int = 0,
         cuda_empty_cache: bool = False,
+        quantization: str | None = None,
     ):
         if model is None and initial_ckpt is None and model_persistor is None:
             raise ConfigError("give model (an nn.Module or a class_path dict), initial_ckpt or model_persistor")
@@ -76,7 +79,7 @@ class FedAvgRecipe(FedAvgRecipeBase):
             best_model_filename=best_model_filename, save_filename=save_filename, exclude_vars=exclude_vars,
             aggregation_weights=aggregation_weights, server_memory_gc_rounds=server_memory_gc_rounds,
             client_memory_gc_rounds=client_memory_gc_rounds, cuda_empty_cache=cuda_empty_cache,
-            per_site_config=per_site_config,
+            per_site_config=per_site_config, quantization=quantization,
         )
         source = module_file_of(self.model) if self.model is not None else None
         if source is not None and source.name != Path(train_script).name:
