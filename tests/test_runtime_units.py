@@ -189,3 +189,11 @@ def test_a_training_process_without_its_job_metadata_names_what_is_missing() -> 
 
     with pytest.raises(RuntimeError, match="missing .*job_id.*connect_url"):
         TrainerExchange({"site_name": "site-1"})
+
+
+def test_a_setting_of_the_wrong_type_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="heart_beat_interval must be of type float, got str"):
+        RuntimeSettings.from_config({"heart_beat_interval": "fast"})
+    with pytest.raises(ConfigError, match="max_resends must be of type int"):
+        RuntimeSettings.from_config({"max_resends": 2.5})
+    assert RuntimeSettings.from_config({"heart_beat_interval": 1}).job.heart_beat_interval == 1

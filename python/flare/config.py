@@ -35,7 +35,7 @@ class _EnvSettings:
         for name, value in overrides.items():
             if name not in known:
                 raise ConfigError(f"unknown {cls._concern} setting {name!r}; known: {', '.join(sorted(known))}")
-            values[name] = value
+            values[name] = _checked(name, value, known[name].type)
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class CommSettings(_EnvSettings):
     streaming_per_request_timeout:
         Longest a receiver waits for one download reply (default 600, as NVFlare).
     download_max_retries:
-        Retries of a download request that timed out (default 3).
+        Retries of a download request that timed out or lost its connection (default 3).
     download_retry_backoff, download_retry_max_backoff:
         Wait before the first retry, doubling on each further one up to the maximum (defaults 2 and 60).
     download_max_inflight:
@@ -315,6 +315,20 @@ class RuntimeSettings:
             found.append(f"get_task_timeout={job.get_task_timeout:g} is shorter than "
                          f"task_fetch_interval={job.task_fetch_interval:g}")
         return found
+
+
+def _checked(name: str, value: Any, kind: Any) -> Any:
+    """``value`` if it has the setting's type (an int where a float is wanted is fine), else ``ConfigError``."""
+    kind = kind if isinstance(kind, str) else kind.__name__
+    if value is None and "None" in kind:
+        return value
+    base = kind.replace("| None", "").strip()
+    expected = {"bool": (bool,), "int": (int,), "float": (int, float)}.get(base)
+    if expected is None:
+        return value
+    if isinstance(value, expected) and (base == "bool" or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"setting {name} must be of type {base}, got {type(value).__name__} {value!r}")
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

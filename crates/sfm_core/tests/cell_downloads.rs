@@ -380,9 +380,28 @@ async fn a_reader_gets_pieces_in_order_and_can_stop_early() {
     assert!(got == data);
     assert_eq!(reader.stats().unwrap().bytes, data.len() as u64);
 
-    let mut early = DownloadReader::start(&sites[0], "server", &rid, options(&sites[0]), 1);
+    // a signal shared with other work (a job's abort signal) stays as it was when a reader stops early
+    let shared = AbortSignal::new();
+    let mut with_shared = options(&sites[0]);
+    with_shared.abort = shared.clone();
+    let mut early = DownloadReader::start(&sites[0], "server", &rid, with_shared, 1);
     within(T, "first piece", early.next()).await.unwrap().unwrap();
     drop(early);
+    assert!(!shared.is_triggered());
+
+    // and triggering it still stops a reader
+    let mut with_shared = options(&sites[0]);
+    with_shared.abort = shared.clone();
+    let mut stopped = DownloadReader::start(&sites[0], "server", &rid, with_shared, 1);
+    shared.trigger();
+    let mut outcome = Ok(None);
+    for _ in 0..20 {
+        outcome = within(T, "end", stopped.next()).await;
+        if !matches!(outcome, Ok(Some(_))) {
+            break;
+        }
+    }
+    assert!(matches!(outcome, Err(DownloadError::Aborted { .. })), "{outcome:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

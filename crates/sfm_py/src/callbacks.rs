@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use crossbeam_channel::Sender;
 use pyo3::prelude::*;
 
+use crate::exit::{park_until_exit, RunningCallback};
+
 type Job = Box<dyn FnOnce(Python<'_>) + Send>;
 
 pub struct CallbackPool {
@@ -20,6 +22,10 @@ impl CallbackPool {
             let rx = rx.clone();
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 while let Ok(job) = rx.recv() {
+                    let Some(_running) = RunningCallback::start() else {
+                        std::mem::forget(job); // dropping it could release Python objects
+                        park_until_exit();
+                    };
                     Python::attach(job);
                 }
             })?;

@@ -137,8 +137,8 @@ fn releaser() -> &'static mpsc::Sender<PyBuffer<u8>> {
             .spawn(move || {
                 while let Ok(buf) = rx.recv() {
                     // SAFETY: a plain query of interpreter state, valid at any time.
-                    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
-                        // The interpreter is gone (process exit): nothing to release into.
+                    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 || crate::exit::must_stay_out_of_python() {
+                        // The interpreter is gone or going (process exit): nothing to release into.
                         std::mem::forget(buf);
                         continue;
                     }

@@ -65,6 +65,9 @@ struct PyItems {
 
 impl ItemProducer for PyItems {
     fn produce(&self, index: u64) -> Result<Bytes, String> {
+        if crate::exit::must_stay_out_of_python() {
+            return Err("the process is exiting".into());
+        }
         Python::attach(|py| {
             let item = self.produce.bind(py).call1((index,)).map_err(|e| {
                 e.display(py);

@@ -76,7 +76,13 @@ where
 {
     let mut fut = Box::pin(fut);
     loop {
-        let done = py.detach(|| handle.block_on(async { tokio::time::timeout(SIGNAL_CHECK_INTERVAL, &mut fut).await }));
+        let done = py.detach(|| {
+            let done = handle.block_on(async { tokio::time::timeout(SIGNAL_CHECK_INTERVAL, &mut fut).await });
+            if crate::exit::must_stay_out_of_python() {
+                crate::exit::park_until_exit();
+            }
+            done
+        });
         between(py)?;
         if let Ok(output) = done {
             return Ok(output);

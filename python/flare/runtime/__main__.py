@@ -30,8 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_console(args.log_config)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    started = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if not started.is_set():
+            # still connecting or registering (which may take registration_timeout): nothing to shut down yet
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     if args.role == "server":
         from flare.runtime.server import FederatedServer
 
@@ -41,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(args.url_file + ".tmp")
             tmp.write_text(url)
             os.replace(tmp, args.url_file)
-        closed = node.closed
+        ends = [node.closed, node.shutdown_requested]
     else:
         from flare.runtime.client import FederatedClient
 
         node = FederatedClient(args.name, args.server, args.workspace, sites_on_host=args.sites_on_host)
         node.start()
-        closed = node.closed
-    while not stop.wait(0.2) and not closed.is_set():
+        ends = [node.closed]
+    started.set()
+    while not stop.wait(0.2) and not any(end.is_set() for end in ends):
         pass
     logging.getLogger(__name__).info("shutting down")
     node.close()

@@ -50,6 +50,7 @@ class FederatedClient:
         # task data arrives with references: a script in this process pulls it, an external one pulls it itself
         self.cell.fobs_ctx[LAZY_DOWNLOAD] = True
         self.jobs: dict[str, ClientJob] = {}
+        self._deploy_lock = threading.Lock()
         self.task_slots = task_slots
         self.sites_on_host = max(1, sites_on_host)
         self._closed = threading.Event()
@@ -97,14 +98,17 @@ class FederatedClient:
         if msg.payload is None:
             raise RuntimeError("job metadata is missing the app: the deployment carries no files")
         job_id = msg.get_header(p.JOB_ID)
-        previous = self.jobs.get(job_id)
-        if previous is not None and previous.is_alive():
-            return None  # already running it: a repeated deployment
-        job_dir = self.workspace / job_id
-        unzip_app(msg.payload, job_dir / f"app_{self.name}")
-        job = ClientJob(self, job_id, job_dir)
-        self.jobs[job_id] = job
-        job.start()
+        # one at a time: a site that registers while a job starts is deployed to by the job's start and as it
+        # joins, at once, and two jobs of one id would run two training scripts
+        with self._deploy_lock:
+            previous = self.jobs.get(job_id)
+            if previous is not None and previous.is_alive():
+                return None  # already running it: a repeated deployment
+            job_dir = self.workspace / job_id
+            unzip_app(msg.payload, job_dir / f"app_{self.name}")
+            job = ClientJob(self, job_id, job_dir)
+            self.jobs[job_id] = job
+            job.start()
         return None
 
     def _job(self, msg: Message) -> ClientJob | None:

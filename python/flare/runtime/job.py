@@ -34,6 +34,8 @@ META_FILE = "meta.json"
 SERVER_CONFIG = "config_fed_server.json"
 CLIENT_CONFIG = "config_fed_client.json"
 ALL_SITES = "@ALL"
+# keys of a configuration that hold lists of objects: component specs, or filter entries
+LIST_KEYS = ("workflows", "components", "executors", "task_data_filters", "task_result_filters")
 # keys of a configuration that are not settings
 STRUCTURE_KEYS = frozenset(
     {"format_version", "workflows", "components", "executors", "task_data_filters", "task_result_filters",
@@ -97,6 +99,10 @@ def read_config(app_dir: Path, file_name: str) -> dict[str, Any]:
         raise JobError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise JobError(f"{path} must hold a JSON object")
+    for key in LIST_KEYS:
+        value = config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            raise JobError(f"{path}: {key!r} must be a list of objects, got {json.dumps(value)[:80]}")
     return config
 
 

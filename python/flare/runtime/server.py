@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flare.apis.fl_constant import RunStatus
+from flare.apis.signal import Signal
 from flare.cellnet import Cell, Message, ReturnCode
 from flare.config import JobSettings, RuntimeSettings
 from flare.errors import JobError
@@ -58,6 +59,8 @@ class FederatedServer:
         self._jobs: dict[str, ServerJob] = {}
         self._closed = threading.Event()
         self.closed = self._closed  # set once the node shuts down
+        # set by an admin's shutdown request; whoever runs the node closes it, after the request's reply is out
+        self.shutdown_requested = threading.Event()
         self._monitor = threading.Thread(target=self._watch_clients, name="client-monitor", daemon=True)
         self.url: str | None = None
 
@@ -81,12 +84,16 @@ class FederatedServer:
         with self._lock:
             return [c.name for c in self._clients.values() if c.alive]
 
-    def wait_for_clients(self, count: int, timeout: float) -> list[str]:
+    def wait_for_clients(self, count: int, timeout: float, abort_signal: Signal | None = None) -> list[str]:
+        """The registered clients, once there are ``count``; raises ``JobError`` after ``timeout`` seconds, on
+        shutdown, or once ``abort_signal`` is triggered."""
         deadline = time.monotonic() + timeout
         while True:
             clients = self.clients()
             if len(clients) >= count:
                 return clients
+            if abort_signal is not None and abort_signal.triggered:
+                raise JobError("the job was aborted while it waited for its clients")
             if time.monotonic() > deadline:
                 raise JobError(
                     f"{len(clients)} of the {count} clients the job needs registered within {timeout:g} s "
@@ -222,7 +229,7 @@ class FederatedServer:
             self.abort_job(msg.payload["job_id"])
             return None
         if topic == p.TOPIC_SHUTDOWN:
-            threading.Thread(target=self.close, daemon=True).start()
+            self.shutdown_requested.set()
             return None
         return Message.reply(ReturnCode.INVALID_REQUEST, f"unknown admin command {topic!r}")
 

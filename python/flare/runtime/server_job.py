@@ -9,13 +9,15 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flare import fobs
 from flare.apis.fl_constant import RunStatus
 from flare.apis.signal import Signal
 from flare.app_common.abstract.fl_model import FLModel
 from flare.cellnet import Message, ReturnCode
-from flare.cellnet.message import Encoding, MessageHeaderKey
+from flare.cellnet.message import Encoding, MessageHeaderKey, fobs_ctx_of
 from flare.config import RuntimeSettings
 from flare.errors import FlareError, JobError
+from flare.fobs.via_downloader import ABORT_SIGNAL
 from flare.runtime import protocol as p
 from flare.runtime.job import SERVER_CONFIG, build, importable, read_config, read_meta, settings_of, zip_app
 from flare.runtime.filters import SiteFilters
@@ -126,6 +128,10 @@ class ServerJob:
         if not task_id:  # the site's job failed outside any task
             self.client_lost(site, error or "its job ended")
             return False
+        if error is None and result is not None and not isinstance(result, FLModel):
+            result = self._load_result(site, result)
+            if isinstance(result, FlareError):
+                error = f"its result cannot be read: {result}"
         if error is None and not isinstance(result, FLModel):
             error = f"sent a result of type {type(result).__name__}, not an FLModel"
         for task in tasks:
@@ -136,6 +142,16 @@ class ServerJob:
                 return False
         log.info("discarded a result of %s for a task no longer running (%s)", site, task_id[:8])
         return False
+
+    def _load_result(self, site: str, payload: Any) -> Any:
+        """A result's FOBS bytes, loaded with references to its tensors (pulled while the workflow folds them, and
+        stopped when the job is aborted)."""
+        ctx = {**(fobs_ctx_of(self.server.cell) or {}), ABORT_SIGNAL: self.abort_signal}
+        try:
+            return fobs.loads(payload, fobs_ctx=ctx)
+        except FlareError as e:
+            log.warning("the result of %s cannot be read: %s", site, e)
+            return e
 
     def client_joined(self, site: str) -> None:
         """A client registered while the job runs: it takes part from now on."""
@@ -227,7 +243,8 @@ class ServerJob:
                 bind(self)
         # from here on a client that registers is deployed to as it comes (client_joined)
         self.status = RunStatus.DISPATCHED
-        clients = self.server.wait_for_clients(self.meta.min_clients, self._settings.job.wait_for_clients_timeout)
+        clients = self.server.wait_for_clients(self.meta.min_clients, self._settings.job.wait_for_clients_timeout,
+                                               self.abort_signal)
         self._deploy(clients)
         self._check_participants()
         return controller

@@ -10,7 +10,6 @@ from typing import Any
 from flare.apis.signal import Signal
 from flare.app_common.abstract.fl_model import FLModel
 from flare.cellnet import Cell, Message, ReturnCode
-from flare.cellnet.message import Encoding, MessageHeaderKey
 from flare.client.exchange import TaskAssignment
 from flare.config import RuntimeSettings
 from flare.errors import FlareTimeoutError, JobError
@@ -84,8 +83,8 @@ class TaskClient:
         weights, which must not change before then. On a timeout or a lost connection the same bytes are sent again,
         up to ``max_resends`` times."""
         serialized = serialize(self.cell, result, 1, self.settings.tensor)
-        headers = self._headers(**{p.TASK_ID: task.task_id, p.TASK_NAME: task.name,
-                                   MessageHeaderKey.PAYLOAD_ENCODING: Encoding.FOBS})
+        # sent as bytes: the server loads them itself, with the job's abort signal on the references they hold
+        headers = self._headers(**{p.TASK_ID: task.task_id, p.TASK_NAME: task.name})
         try:
             reply = self._send(headers, serialized.payload, f"the result of task {task.name!r}")
             if reply.get_header(p.ACCEPTED, True):

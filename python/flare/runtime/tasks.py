@@ -154,7 +154,11 @@ class ServerTask:
             spare = next((c for c in spares if c not in self._serialized), None)
         if spare is not None:
             log.warning("task %s: %s is lost (%s); giving its share to %s", self.name, client, reason, spare)
-            serialized = self._dump(self._data, 1)
+            with self._lock:
+                data = self._data
+            if data is None:  # finished meanwhile
+                return None
+            serialized = self._dump(data, 1)
             with self._lock:
                 self._serialized[spare] = serialized
                 self._pending.add(spare)
@@ -232,6 +236,7 @@ class ServerTask:
             self.error = error
             serialized = list({id(s): s for s in self._serialized.values()}.values())
             self._pending.clear()
+            self._data = None  # kept only to serialize the task again for a spare client
         for s in serialized:
             s.release()
         self._results.put(None)

@@ -3,7 +3,7 @@
 Push moves every receiver in lock-step; pull lets a slow receiver be slow alone. The owner's transport produces
 each chunk once for all receivers (a shared cache within ``download_cache_budget``), ends a transaction when every
 expected receiver has everything or nobody pulled for its timeout, and then releases the data. Receivers retry
-requests that time out (``download_max_retries``, with doubling backoff) and stop at once on their abort signal.
+requests that time out or lose their connection (``download_max_retries``, with doubling backoff) and stop at once on their abort signal.
 
 Owner::
 

@@ -133,7 +133,8 @@ class ModelController:
         handle = self.engine.send_task(task_name, data, targets, min_responses, timeout, on_result,
                                        wait_time_after_min_received)
         with self._tasks_lock:
-            self._tasks.append(handle)
+            # finished tasks go: each holds the model it sent
+            self._tasks = [t for t in self._tasks if not t.is_done()] + [handle]
         return handle
 
     def send_model_and_wait(

@@ -367,7 +367,12 @@ impl Connection {
                     self.dispatch(frame, &sink);
                 }
                 Ok(None) => return self.close("peer closed the connection"),
-                Err(e) => return self.close(&e.to_string()),
+                Err(e) => {
+                    // the peer broke the protocol (a malformed or oversized frame): its side only sees the
+                    // connection drop, so the reason must show here
+                    tracing::warn!(peer = %self.inner.peer_name, "closing the connection: {e}");
+                    return self.close(&e.to_string());
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The receiver side: pulls one reference from its owner into a sink, retrying requests that time out.
+//! The receiver side: pulls one reference from its owner into a sink, retrying requests that time out or lose
+//! their connection.
 //!
 //! Byte sources whose owner tells their layout (ours do) are pulled with several requests in flight; the pieces
 //! still reach the sink in order. Other sources (NVFlare's, item sources) are pulled one request at a time, each
@@ -141,9 +142,19 @@ pub struct DownloadReader {
 
 impl DownloadReader {
     /// Starts pulling `ref_id` from `owner`; at most `capacity` pieces wait unread.
-    pub fn start(cell: &Cell, owner: &str, ref_id: &str, options: DownloadOptions, capacity: usize) -> Self {
+    pub fn start(cell: &Cell, owner: &str, ref_id: &str, mut options: DownloadOptions, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let abort = options.abort.clone();
+        // The reader stops its download with a signal of its own: the caller's may be shared (a job's abort
+        // signal), and dropping one reader must not trigger it for everything else that watches it.
+        let abort = AbortSignal::new();
+        let caller = std::mem::replace(&mut options.abort, abort.clone());
+        let stop = abort.clone();
+        cell.runtime().spawn(async move {
+            tokio::select! {
+                _ = caller.triggered() => stop.trigger(),
+                _ = stop.triggered() => {}
+            }
+        });
         let stats = Arc::new(Mutex::new(None));
         let (cell, owner, ref_id, done) = (cell.clone(), owner.to_string(), ref_id.to_string(), stats.clone());
         cell.runtime().clone().spawn(async move {
@@ -257,7 +268,7 @@ impl Asker {
         }
     }
 
-    /// Asks for the piece at `position`, retrying timeouts as the policy allows.
+    /// Asks for the piece at `position`, retrying transient failures as the policy allows.
     async fn ask(&self, position: Position) -> Result<Reply, DownloadError> {
         let payload = Request {
             ref_id: self.ref_id.clone(),
@@ -291,20 +302,16 @@ impl Asker {
                         reason: e.to_string(),
                     })
                 }
-                ReturnCode::Timeout => {
+                code if RetryPolicy::is_transient(&code) => {
                     retry += 1;
                     let Some(wait) = self.options.retry.backoff(retry) else {
-                        return Err(DownloadError::TimedOut {
-                            ref_id: self.ref_id.clone(),
-                            owner: self.owner.clone(),
-                            timeout: self.options.per_request_timeout,
-                            attempts: retry,
-                        });
+                        return Err(self.gave_up(code, reply.error(), retry));
                     };
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         ref_id = %self.ref_id, owner = %self.owner,
-                        "download request timed out; retry {retry} of {} in {wait:?}",
+                        "download request failed ({code}: {}); retry {retry} of {} in {wait:?}",
+                        reply.error().unwrap_or(""),
                         self.options.retry.max_retries
                     );
                     tokio::select! {
@@ -325,6 +332,30 @@ impl Asker {
                     })
                 }
             }
+        }
+    }
+
+    /// The error of a request whose last allowed attempt failed with the transient `code`.
+    fn gave_up(&self, code: ReturnCode, error: Option<&str>, attempts: u32) -> DownloadError {
+        if code == ReturnCode::Timeout {
+            return DownloadError::TimedOut {
+                ref_id: self.ref_id.clone(),
+                owner: self.owner.clone(),
+                timeout: self.options.per_request_timeout,
+                attempts,
+            };
+        }
+        DownloadError::Refused {
+            ref_id: self.ref_id.clone(),
+            owner: self.owner.clone(),
+            error: format!(
+                "{} (still failing after {attempts} attempts; raise download_max_retries or download_retry_backoff \
+                 to wait longer for the owner to come back)",
+                error
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or("the owner could not be reached")
+            ),
+            code,
         }
     }
 

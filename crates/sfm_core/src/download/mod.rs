@@ -60,7 +60,7 @@ pub struct DownloadConfig {
     pub receiver_idle_timeout: Duration,
     /// Longest wait for one reply (`streaming_per_request_timeout`, default 600 s, as NVFlare).
     pub per_request_timeout: Duration,
-    /// Retries of a request that timed out (`download_max_retries`, default 3).
+    /// Retries of a request that timed out or lost its connection (`download_max_retries`, default 3).
     pub max_retries: u32,
     /// Wait before the first retry (`download_retry_backoff`, default 2 s); doubles on each further retry, up to
     /// `download_retry_max_backoff` (default 60 s).

@@ -396,7 +396,11 @@ impl ServiceInner {
                     items.push(item);
                     index += 1;
                 }
-                self.prefetch(number, index, (*count).min(index + ITEM_PREFETCH), &produce_item);
+                // Prefetch about one reply's worth: with items as large as a reply (a model's tensors), none, so that
+                // an owner never holds more than the items it is sending.
+                let per_item = (bytes / items.len().max(1) as u64).max(1);
+                let ahead = (*max_chunk_size / per_item).min(ITEM_PREFETCH);
+                self.prefetch(number, index, (*count).min(index + ahead), &produce_item);
                 Ok(Reply::Data {
                     data: Data::Items(items),
                     next: Position::Items {
