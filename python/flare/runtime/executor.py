@@ -7,6 +7,7 @@ import logging
 import runpy
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,13 +90,17 @@ class ScriptExecutor:
             return
         path = self.script_path(job)
         exchange = InProcessExchange(job, self.api_config)
+        self.repeat_until_job_ends(job, lambda: _run_script_in_thread(path, self.script_args, exchange, job))
+
+    def repeat_until_job_ends(self, job: ClientJob, run_script: Callable[[], None]) -> None:
+        """Runs the script once (``launch_once``), or again after each run, until the job ends for this site."""
         while True:
-            _run_script_in_thread(path, self.script_args, exchange, job)
+            run_script()
             if job.tasks.ended or job.abort_signal.triggered:
                 return
             if self.launch_once:
                 raise JobError(
-                    f"the training script {self.script} returned while the job still runs: it must loop "
+                    f"the training script {self.script} ended while the job still runs: it must loop "
                     "'while flare.is_running()' (or set launch_once=False to start it for each task)"
                 )
 

@@ -102,15 +102,7 @@ def run_external(executor: ScriptExecutor, job: ClientJob) -> None:
     cell.register_request_cb(channel, p.TOPIC_FETCH, proxy.on_fetch)
     cell.register_request_cb(channel, p.TOPIC_RESULT, proxy.on_result)
     cell.register_request_cb(channel, p.TOPIC_LOG, proxy.on_log)
-    while True:
-        _run_process(executor, job, script, proxy, channel)
-        if job.tasks.ended or job.abort_signal.triggered:
-            return
-        if executor.launch_once:
-            raise JobError(
-                f"the training script {executor.script} exited while the job still runs: it must loop "
-                "'while flare.is_running()' (or set launch_once=False to start it for each task)"
-            )
+    executor.repeat_until_job_ends(job, lambda: _run_process(executor, job, script, proxy, channel))
 
 
 def _run_process(executor: ScriptExecutor, job: ClientJob, script: Path, proxy: _TrainerProxy, channel: str) -> None:
