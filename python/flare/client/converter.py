@@ -122,20 +122,23 @@ class ParamsConverter:
                 and _PASS_THROUGH not in (self.server_format, self.script_format))
 
     def to_script(self, params: Any) -> Any:
-        """The received ``params`` in the script's format; remembers their dtypes for ``to_server``."""
+        """The received ``params`` in the script's format; remembers their dtypes for ``to_server``. Entries are
+        replaced in the dict one by one, so that an entry that has to be copied lets its original go before the
+        next one is copied: a model is never held twice."""
         self._server_dtypes = {}
         if not self.converts or not isinstance(params, dict):
             return params
         array_types = (np.ndarray, _torch().Tensor)
-        converted = {}
-        for key, value in params.items():
+        for key in list(params):
+            value = params[key]
             if isinstance(value, array_types):
                 self._server_dtypes[key] = value.dtype
             if self.script_format == ExchangeFormat.PYTORCH:
-                converted[key] = _numpy_to_pytorch(value)
+                params[key] = _numpy_to_pytorch(value)
             else:
-                converted[key] = _pytorch_to_numpy(value, to_server=False)
-        return converted
+                params[key] = _pytorch_to_numpy(value, to_server=False)
+            del value
+        return params
 
     def to_server(self, params: Any) -> Any:
         """``params`` from the script in the server's format, each received entry in the dtype it came with."""
