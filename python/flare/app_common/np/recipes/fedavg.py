@@ -18,7 +18,8 @@ class NumpyFedAvgRecipe(FedAvgRecipeBase):
     """Federated averaging of a numpy model: ``model`` is a nested list, an array (carried as
     ``{"numpy_key": array}``, NVFlare's key) or a dict of arrays; or ``initial_ckpt`` names a ``.npy`` / ``.npz``
     file. Results are saved as ``FL_global_model.npy`` (one array) or ``.npz`` (a dict). ``quantization`` names a
-    quantization type for the train task's messages both ways (docs/quantization.md)."""
+    quantization type for the train task's messages both ways (docs/quantization.md). ``aggregator_data_kind`` is
+    accepted for NVFlare's signature and has no effect (results carry weights or differences by ``params_type``)."""
 
     framework = FrameworkType.NUMPY
     persistor_path = "flare.app_common.np.np_model_persistor.NPModelPersistor"

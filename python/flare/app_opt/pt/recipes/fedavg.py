@@ -22,6 +22,10 @@ class FedAvgRecipe(FedAvgRecipeBase):
     path may exist on the server only). The rest are NVFlare's FedAvgRecipe parameters, plus ``quantization``: a
     quantization type (``"float16"``, ``"bfloat16"``, ``"blockwise8"``, ``"float4"``, ``"normfloat4"``/``"nf4"``,
     ``"adaquant"``) for the train task's messages both ways, or None (docs/quantization.md).
+
+    Accepted for NVFlare's signature and without effect here: ``aggregator_data_kind`` (results always carry
+    weights or weight differences, by ``params_type``), ``model_locator`` and ``enable_tensor_disk_offload`` (the
+    server folds results as they arrive instead of keeping them).
     """
 
     framework = FrameworkType.PYTORCH
